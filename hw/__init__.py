@@ -1,0 +1,1 @@
+"""Amaranth HDL components of the ternopu overlay (one ``wiring.Component`` per unit)."""

@@ -1,0 +1,1 @@
+"""Cycle-accurate simulation: Verilator toolchain wiring, cached cocotb builds, benchmarks."""

@@ -1,0 +1,1 @@
+"""cocotb testbench modules (imported by the simulator, not by pytest)."""

@@ -1,0 +1,1 @@
+"""ternopu software: compiler (model -> HBM image + instruction program), runtime backends, CLI."""
