@@ -14,6 +14,8 @@ help:
 	@echo "make test            the whole test suite (golden, Amaranth, cocotb/Verilator, software)"
 	@echo "make sim             the cycle-accurate cocotb/Verilator suite only"
 	@echo "make bench-tlmm      TLMM throughput benchmark (JSON in build/bench/)"
+	@echo "make lint            Verilator -Wall lint of every unit's generated Verilog"
+	@echo "make synth-estimate  Yosys synth_xilinx (UltraScale+) resource estimates vs the U280"
 	@echo "make clean           remove simulator builds and reports (keeps the venv)"
 
 $(STAMP): pyproject.toml
@@ -37,6 +39,12 @@ golden-test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m ternopu.sw.demo
+
+lint: $(STAMP)
+	$(PY) -m ternopu.fpga_builds.lint
+
+synth-estimate: $(STAMP)
+	$(PY) -m ternopu.fpga_builds.synth_estimate
 
 bench-tlmm: $(STAMP)
 	$(PY) -m ternopu.sim.bench_tlmm
