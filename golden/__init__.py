@@ -11,6 +11,7 @@ pe         PE-array modes (BFP x INT4, BFP x BFP, BFP x KIVI) as the hardware co
 int4       GPTQ / AWQ packed INT4 tensors, RTN group quantizer, zero-folded dequant math
 kivi       KIVI 2/4-bit KV cache quantization and LSB-first packing
 nonlinear  RMSNorm, online softmax, exp/rsqrt approximations, ReLU^2, SiLU, RoPE
+config     model configurations and presets (BitNet b1.58 2B4T, Llama-2-7B, tiny)
 model      decoder layers and whole models (BitNet b1.58, INT4 Llama-2), routers, KV reuse
 reference  float reference models and accuracy metrics
 loaders    HF-format, GPTQ and AWQ checkpoint loaders
