@@ -11,6 +11,9 @@ Paths measured per (model, context):
                fp16 scales and packed 4-bit zeros per group of 128 input rows; same glue as bf16_fused.
   ternary    : (BitNet 2B4T) Triton GEMV on 2-bit packed ternary codes (16 per int32, along K) with a
                per-tensor fp32 scale; activations bf16 (W1.58A16, fp32 accumulation); same glue.
+  int4_v1 / ternary_v1 : the first version's kernels only (v1/v2); int4 / ternary: best per shape of
+               v1/v2 and the split-K v3 kernels; ternary_a8: W1.58A8, INT8 activations quantized in the
+               glue kernels, dp4a GEMV (inline PTX), split-K.  See bench/README.md.
 Embedding and LM head stay bf16 in every path (as in GPTQ and BitNet 2B4T checkpoints; BitNet's
 LM head is tied to the embedding).  One decode step = embedding row + all layers + final norm +
 LM head, captured in one CUDA graph and replayed; timed with CUDA events; median of trials.
@@ -39,6 +42,7 @@ try:
 except Exception:  # pragma: no cover
     HAVE_TRITON = False
 
+USE_ASM = os.environ.get("TRITON_INTERPRET") != "1"   # dp4a inline PTX (interpreter: plain-Triton fallback)
 PEAK_BW = 3.35e12  # H100 SXM HBM3, bytes/s (datasheet)
 GROUP = 128        # INT4 group size (input rows per scale/zero)
 
@@ -180,10 +184,166 @@ if HAVE_TRITON:
         acc = tl.sum(acc2, axis=1) * scale
         tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
 
+    # ---- v3 kernels: split-K grid (pid 1 = K slice), shift-free dequant, fp32 (atomic) output -------
+    # Dequant without a per-code shift: the field (w & (mask << b)) OR'ed into the mantissa of 2^23 is
+    # 2^23 + c * 2^b exactly; subtract 2^23 and multiply by x * 2^-b (exact power-of-two scaling of x,
+    # done once per tile column and shared by all rows).  Fields above bit 21 (ternary) / 19 (int4)
+    # come from one shifted copy of the word.  One LOP3 + FADD + FFMA per weight.
+
+    @triton.jit
+    def ternary_gemv_v3_kernel(x_ptr, w_ptr, scale_ptr, y_ptr, N, K, SPLIT_K,
+                               BLOCK_N: tl.constexpr, BW: tl.constexpr, ATOMIC: tl.constexpr):
+        """Same function and weight layout as ternary_gemv_kernel (int32 [N, K/16], code j of word m is
+        c[n, 16m+j]); grid (N/BLOCK_N, SPLIT_K); K slice = whole multiples of BW words."""
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        KW = K // 16
+        chunk = tl.cdiv(tl.cdiv(KW, SPLIT_K), BW) * BW
+        k_lo = pid_k * chunk
+        k_hi = tl.minimum(k_lo + chunk, KW)
+        offs_w = tl.arange(0, BW)
+        acc2 = tl.zeros([BLOCK_N, BW], dtype=tl.float32)
+        xs = tl.zeros([BW], dtype=tl.float32)
+        for w0 in range(k_lo, k_hi, BW):
+            wcol = w0 + offs_w
+            wm = wcol < k_hi
+            w = tl.load(w_ptr + offs_n[:, None] * KW + wcol[None, :], mask=mask_n[:, None] & wm[None, :], other=0)
+            wh = w >> 22
+            for j in tl.static_range(16):
+                xj = tl.load(x_ptr + wcol * 16 + j, mask=wm, other=0.0).to(tl.float32)
+                xs += xj
+                if j < 11:
+                    cj = ((w & (3 << (2 * j))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                    acc2 += cj * (xj * (1.0 / (1 << (2 * j))))[None, :]
+                else:
+                    cj = ((wh & (3 << (2 * (j - 11)))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                    acc2 += cj * (xj * (1.0 / (1 << (2 * (j - 11)))))[None, :]
+        scale = tl.load(scale_ptr)
+        acc = (tl.sum(acc2, axis=1) - tl.sum(xs, axis=0)) * scale
+        if ATOMIC:
+            tl.atomic_add(y_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
+        else:
+            tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+    @triton.jit
+    def w4a16_gemv_v3_kernel(x_ptr, qw_ptr, sc_ptr, qz_ptr, y_ptr, N, K, SPLIT_K,
+                             BLOCK_N: tl.constexpr, GPB: tl.constexpr, ATOMIC: tl.constexpr):
+        """Same function and layout as w4a16_gemv_kernel; grid (N/BLOCK_N, SPLIT_K), K slices of whole
+        groups; per tile [BLOCK_N, GPB*16 words], group sums by a reshape, zero folded per group."""
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        BW: tl.constexpr = GPB * 16
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        KW = K // 8
+        NG = K // 128
+        chunk = tl.cdiv(tl.cdiv(KW, SPLIT_K), BW) * BW
+        k_lo = pid_k * chunk
+        k_hi = tl.minimum(k_lo + chunk, KW)
+        offs_w = tl.arange(0, BW)
+        offs_g = tl.arange(0, GPB)
+        zshift = (offs_n % 8) * 4
+        acc2 = tl.zeros([BLOCK_N, GPB], dtype=tl.float32)
+        for w0 in range(k_lo, k_hi, BW):
+            wcol = w0 + offs_w
+            wm = wcol < k_hi
+            qw = tl.load(qw_ptr + offs_n[:, None] * KW + wcol[None, :], mask=mask_n[:, None] & wm[None, :], other=0)
+            qh = qw >> 20
+            dot = tl.zeros([BLOCK_N, BW], dtype=tl.float32)
+            xs = tl.zeros([BW], dtype=tl.float32)
+            for j in tl.static_range(8):
+                xj = tl.load(x_ptr + wcol * 8 + j, mask=wm, other=0.0).to(tl.float32)
+                xs += xj
+                if j < 5:
+                    qj = ((qw & (15 << (4 * j))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                    dot += qj * (xj * (1.0 / (1 << (4 * j))))[None, :]
+                else:
+                    qj = ((qh & (15 << (4 * (j - 5)))) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                    dot += qj * (xj * (1.0 / (1 << (4 * (j - 5)))))[None, :]
+            dg = tl.sum(tl.reshape(dot, (BLOCK_N, GPB, 16)), axis=2)      # [BLOCK_N, GPB]
+            xg = tl.sum(tl.reshape(xs, (GPB, 16)), axis=1)                # [GPB]
+            g = w0 // 16 + offs_g
+            gm = mask_n[:, None] & (g < NG)[None, :]
+            s = tl.load(sc_ptr + g[None, :] * N + offs_n[:, None], mask=gm, other=0.0).to(tl.float32)
+            zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=gm, other=0)
+            z = ((zw >> zshift[:, None]) & 0xF).to(tl.float32)
+            acc2 += s * (dg - z * xg[None, :])
+        acc = tl.sum(acc2, axis=1)
+        if ATOMIC:
+            tl.atomic_add(y_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
+        else:
+            tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+    @triton.jit
+    def ternary_a8_kernel(xq_ptr, meta_ptr, w_ptr, scale_ptr, y_ptr, N, K, SPLIT_K,
+                          BLOCK_N: tl.constexpr, BW: tl.constexpr, ATOMIC: tl.constexpr,
+                          USE_ASM: tl.constexpr):
+        """W1.58A8: same weight layout as ternary_gemv_kernel; activations INT8 (per-token absmax,
+        meta = [x scale, sum of x codes]), stored permuted within each 16-block (position 4j+b holds
+        x[16m+4b+j]) and read as int32 words, so that (w >> 2j) & 0x03030303 (byte b = code 4b+j)
+        meets its four activations in one word: one dp4a per 4 weights, int32 accumulation.
+        y = w_scale * x_scale * (sum c*xq - sum xq)."""
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        KW = K // 16
+        chunk = tl.cdiv(tl.cdiv(KW, SPLIT_K), BW) * BW
+        k_lo = pid_k * chunk
+        k_hi = tl.minimum(k_lo + chunk, KW)
+        offs_w = tl.arange(0, BW)
+        acc = tl.zeros([BLOCK_N, BW], dtype=tl.int32)
+        for w0 in range(k_lo, k_hi, BW):
+            wcol = w0 + offs_w
+            wm = wcol < k_hi
+            w = tl.load(w_ptr + offs_n[:, None] * KW + wcol[None, :], mask=mask_n[:, None] & wm[None, :], other=0)
+            for j in tl.static_range(4):
+                xj = tl.load(xq_ptr + wcol * 4 + j, mask=wm, other=0)
+                t = (w >> (2 * j)) & 0x03030303
+                if USE_ASM:
+                    acc = tl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r",
+                                                    [t, tl.broadcast_to(xj[None, :], (BLOCK_N, BW)), acc],
+                                                    dtype=tl.int32, is_pure=True, pack=1)
+                else:
+                    for b in tl.static_range(4):
+                        xb = (xj << (24 - 8 * b)) >> 24
+                        acc += ((t >> (8 * b)) & 0xFF) * xb[None, :]
+        s = tl.sum(acc, axis=1)
+        xscale = tl.load(meta_ptr)
+        xsum = tl.load(meta_ptr + 1)
+        wscale = tl.load(scale_ptr)
+        yv = (s.to(tl.float32) - tl.where(pid_k == 0, xsum, 0.0)) * (xscale * wscale)
+        if ATOMIC:
+            tl.atomic_add(y_ptr + offs_n, yv, mask=mask_n, sem="relaxed")
+        else:
+            tl.store(y_ptr + offs_n, yv.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+    @triton.jit
+    def _quant_store(y, offs, m, xq_ptr, meta_ptr):
+        """Per-token absmax INT8 quantization of y (fp32 [BLOCK], valid where m): codes stored permuted
+        within each 16-block (see ternary_a8_kernel); meta = [absmax/127, sum of codes]."""
+        amax = tl.maximum(tl.max(tl.where(m, tl.abs(y), 0.0), axis=0), 1e-5)
+        q = tl.floor(y * (127.0 / amax) + 0.5)
+        q = tl.where(m, tl.minimum(tl.maximum(q, -128.0), 127.0), 0.0)
+        dest = (offs // 16) * 16 + (offs % 4) * 4 + (offs % 16) // 4
+        tl.store(xq_ptr + dest, q.to(tl.int8), mask=m)
+        tl.store(meta_ptr, amax / 127.0)
+        tl.store(meta_ptr + 1, tl.sum(q, axis=0))
+
+    @triton.jit
+    def act_quant_kernel(x_ptr, xq_ptr, meta_ptr, K, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        m = offs < K
+        x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        _quant_store(x, offs, m, xq_ptr, meta_ptr)
+
     @triton.jit
     def add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, N, eps,
-                           HAS_ADD: tl.constexpr, BLOCK: tl.constexpr):
-        """if HAS_ADD: h += d (stored back).  out = rmsnorm(h) * w."""
+                           HAS_ADD: tl.constexpr, BLOCK: tl.constexpr,
+                           xq_ptr=None, meta_ptr=None, QUANT: tl.constexpr = False):
+        """if HAS_ADD: h += d (stored back).  out = rmsnorm(h) * w.  QUANT: also INT8-quantize out."""
         offs = tl.arange(0, BLOCK)
         m = offs < N
         h = tl.load(h_ptr + offs, mask=m, other=0.0).to(tl.float32)
@@ -195,10 +355,13 @@ if HAVE_TRITON:
         w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
         y = (h * r).to(out_ptr.dtype.element_ty).to(tl.float32) * w
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+        if QUANT:
+            _quant_store(y.to(out_ptr.dtype.element_ty).to(tl.float32), offs, m, xq_ptr, meta_ptr)
 
     @triton.jit
     def act_kernel(gu_ptr, w_ptr, out_ptr, F_, eps,
-                   ACT: tl.constexpr, SUBNORM: tl.constexpr, BLOCK: tl.constexpr):
+                   ACT: tl.constexpr, SUBNORM: tl.constexpr, BLOCK: tl.constexpr,
+                   xq_ptr=None, meta_ptr=None, QUANT: tl.constexpr = False):
         """gu = [gate | up] (2F).  a = act(gate) * up; ACT 0: silu, 1: relu^2.  Optional rmsnorm * w."""
         offs = tl.arange(0, BLOCK)
         m = offs < F_
@@ -215,6 +378,8 @@ if HAVE_TRITON:
             w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
             a = (a * rr).to(out_ptr.dtype.element_ty).to(tl.float32) * w
         tl.store(out_ptr + offs, a.to(out_ptr.dtype.element_ty), mask=m)
+        if QUANT:
+            _quant_store(a.to(out_ptr.dtype.element_ty).to(tl.float32), offs, m, xq_ptr, meta_ptr)
 
     @triton.jit
     def rope_kv_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_out_ptr, kc_ptr, vc_ptr,
@@ -258,6 +423,20 @@ INT4_CONFIGS += [dict(v=2, BLOCK_N=bn, GPB=gpb, num_warps=nw, num_stages=ns)
 TERN_CONFIGS += [dict(v=2, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
                  for (bn, bk, nw, ns) in [(16, 256, 4, 4), (32, 256, 4, 4), (64, 256, 4, 3), (128, 256, 8, 3),
                                           (16, 512, 4, 3), (32, 512, 4, 3), (64, 512, 8, 3), (16, 1024, 4, 3)]]
+# v3 / a8 (split-K) candidates: (BLOCK_N, GPB or BW, num_warps) x SPLIT_K; split-K configs whose grid
+# would exceed 16 programs per SM, or whose K slice is under one tile, are dropped per shape.
+SPLITS = (1, 2, 4, 8, 16)
+INT4_V3 = [dict(v=3, BLOCK_N=bn, GPB=g, num_warps=nw, SPLIT_K=sk)
+           for (bn, g, nw) in [(4, 2, 4), (8, 1, 4), (8, 2, 4), (16, 1, 4), (16, 2, 8), (32, 1, 8)] for sk in SPLITS]
+TERN_V3 = [dict(v=3, BLOCK_N=bn, BW=bw, num_warps=nw, SPLIT_K=sk)
+           for (bn, bw, nw) in [(4, 64, 4), (8, 32, 4), (8, 64, 4), (16, 32, 4), (16, 64, 8), (32, 32, 8)] for sk in SPLITS]
+TERN_A8 = [dict(v="a8", BLOCK_N=bn, BW=bw, num_warps=nw, SPLIT_K=sk)
+           for (bn, bw, nw) in [(4, 64, 4), (4, 128, 4), (8, 64, 4), (8, 128, 4), (16, 64, 4), (16, 128, 4),
+                                (16, 128, 8), (32, 64, 8)] for sk in SPLITS]
+TINY_INT4_V3 = [dict(v=3, BLOCK_N=8, GPB=1, num_warps=4, SPLIT_K=1), dict(v=3, BLOCK_N=16, GPB=2, num_warps=4, SPLIT_K=2),
+                dict(v=3, BLOCK_N=4, GPB=1, num_warps=4, SPLIT_K=3)]
+TINY_TERN_V3 = [dict(v=3, BLOCK_N=8, BW=8, num_warps=4, SPLIT_K=1), dict(v=3, BLOCK_N=16, BW=4, num_warps=4, SPLIT_K=3)]
+TINY_TERN_A8 = [dict(v="a8", BLOCK_N=8, BW=8, num_warps=4, SPLIT_K=1), dict(v="a8", BLOCK_N=16, BW=4, num_warps=4, SPLIT_K=3)]
 TINY_INT4 = [dict(v=2, BLOCK_N=16, GPB=1, num_warps=4, num_stages=2), dict(v=2, BLOCK_N=8, GPB=4, num_warps=4, num_stages=2),
              dict(BLOCK_N=16, GPB=2, num_warps=4, num_stages=2), dict(BLOCK_N=8, GPB=1, num_warps=4, num_stages=2)]
 TINY_TERN = [dict(v=2, BLOCK_N=16, BLOCK_K=128, num_warps=4, num_stages=2), dict(v=2, BLOCK_N=8, BLOCK_K=512, num_warps=4, num_stages=2),
@@ -310,15 +489,48 @@ class Int4Weight:
         w = (q.float().view(self.N, -1, GROUP) - z.float().unsqueeze(-1)) * s.unsqueeze(-1)
         return w.view(self.N, self.K).to(dtype)
 
-    def launch(self, x, cfg=None):
+    def launch(self, x, cfg=None, out=None, xq=None):
+        """y = x @ W^T.  v1/v2: one program per BLOCK_N rows, bf16 y.  v3: grid (N/BLOCK_N, SPLIT_K);
+        with SPLIT_K > 1 the slices are atomically added into an fp32 y that must start at zero
+        (out: a slice of the step's workspace, zeroed once per step; if None a zeroed buffer)."""
         cfg = cfg or self.cfg
-        y = torch.empty((1, self.N), device=x.device, dtype=x.dtype)
+        if cfg.get("v", 1) == 3:
+            sk = cfg["SPLIT_K"]
+            y = out if out is not None else _new_out(self.N, x, sk)
+            w4a16_gemv_v3_kernel[(triton.cdiv(self.N, cfg["BLOCK_N"]), sk)](
+                x, self.qweight, self.scales, self.qzeros, y, self.N, self.K, sk,
+                BLOCK_N=cfg["BLOCK_N"], GPB=cfg["GPB"], ATOMIC=sk > 1, num_warps=cfg["num_warps"])
+            return y
+        y = torch.empty((1, self.N), device=x.device, dtype=x.dtype) if out is None else out
         grid = (triton.cdiv(self.N, cfg["BLOCK_N"]),)
         kern = w4a16_gemv_v2_kernel if cfg.get("v", 1) == 2 else w4a16_gemv_kernel
         kern[grid](x, self.qweight, self.scales, self.qzeros, y, self.N, self.K,
                                 BLOCK_N=cfg["BLOCK_N"], GPB=cfg["GPB"],
                                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return y
+
+
+def _new_out(N, x, split):
+    if split > 1:
+        return torch.zeros((1, N), device=x.device, dtype=torch.float32)
+    return torch.empty((1, N), device=x.device, dtype=x.dtype)
+
+
+def quantize_act(x):
+    """INT8 per-token absmax quantization in Triton: (xq int8 [K] permuted per 16-block, meta fp32 [2])."""
+    K = x.numel()
+    xq = torch.empty(K, device=x.device, dtype=torch.int8)
+    meta = torch.empty(2, device=x.device, dtype=torch.float32)
+    act_quant_kernel[(1,)](x, xq, meta, K, BLOCK=_np2(K), num_warps=4 if K < 4096 else 8)
+    return xq, meta
+
+
+def fake_quant_torch(x):
+    """Torch reference of the INT8 activation quantization, returned dequantized (same dtype)."""
+    xf = x.float()
+    amax = xf.abs().max().clamp_min(1e-5)
+    q = torch.floor(xf * (127.0 / amax) + 0.5).clamp(-128, 127)
+    return (q * (amax / 127.0)).to(x.dtype)
 
 
 class TernaryWeight:
@@ -342,11 +554,28 @@ class TernaryWeight:
         c = (self.packed.to(torch.int64).unsqueeze(-1) >> sh) & 3
         return ((c.reshape(self.N, self.K).float() - 1.0) * self.scale).to(dtype)
 
-    def launch(self, x, cfg=None):
+    def launch(self, x, cfg=None, out=None, xq=None):
+        """v1/v2: bf16 activations, one program per BLOCK_N rows.  v3: split-K (see Int4Weight.launch).
+        a8: INT8 activations (xq = (codes, meta) from the glue kernels; if None, x is quantized here)."""
         cfg = cfg or self.cfg
-        y = torch.empty((1, self.N), device=x.device, dtype=x.dtype)
+        v = cfg.get("v", 1)
+        if v in (3, "a8"):
+            sk = cfg["SPLIT_K"]
+            y = out if out is not None else _new_out(self.N, x, sk)
+            grid = (triton.cdiv(self.N, cfg["BLOCK_N"]), sk)
+            if v == 3:
+                ternary_gemv_v3_kernel[grid](x, self.packed, self.scale, y, self.N, self.K, sk,
+                                             BLOCK_N=cfg["BLOCK_N"], BW=cfg["BW"], ATOMIC=sk > 1,
+                                             num_warps=cfg["num_warps"])
+            else:
+                q, meta = xq if xq is not None else quantize_act(x)
+                ternary_a8_kernel[grid](q.view(torch.int32), meta, self.packed, self.scale, y, self.N, self.K, sk,
+                                        BLOCK_N=cfg["BLOCK_N"], BW=cfg["BW"], ATOMIC=sk > 1, USE_ASM=USE_ASM,
+                                        num_warps=cfg["num_warps"])
+            return y
+        y = torch.empty((1, self.N), device=x.device, dtype=x.dtype) if out is None else out
         grid = (triton.cdiv(self.N, cfg["BLOCK_N"]),)
-        kern = ternary_gemv_v2_kernel if cfg.get("v", 1) == 2 else ternary_gemv_kernel
+        kern = ternary_gemv_v2_kernel if v == 2 else ternary_gemv_kernel
         kern[grid](x, self.packed, self.scale, y, self.N, self.K,
                                   BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
                                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -360,12 +589,13 @@ class Bf16Weight:
             w = (torch.randn((N, K), device=dev, generator=gen, dtype=torch.float32)
                  .div_(math.sqrt(K)).to(torch.bfloat16))
         self.w = w
+        self.aq = False   # reference of an A8 path: fake-quantize the input first
 
     def nbytes(self):
         return self.w.numel() * self.w.element_size()
 
-    def launch(self, x, cfg=None):
-        return F.linear(x, self.w)
+    def launch(self, x, cfg=None, out=None, xq=None):
+        return F.linear(fake_quant_torch(x) if self.aq else x, self.w)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,30 +649,54 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item(), ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
+def shape_configs(wobj, configs, sms):
+    """Drop split-K configs that would not help this shape: grid over 16 programs per SM, or a K slice
+    shorter than one tile."""
+    keep = []
+    for cfg in configs:
+        sk = cfg.get("SPLIT_K", 1)
+        if sk > 1:
+            kw = wobj.K // (8 if isinstance(wobj, Int4Weight) else 16)
+            bw = cfg["GPB"] * 16 if "GPB" in cfg else cfg["BW"]
+            if math.ceil(wobj.N / cfg["BLOCK_N"]) * sk > 16 * sms or kw / sk < bw:
+                continue
+        keep.append(cfg)
+    return keep
+
+
 def check_and_tune(wobj, configs, dev, gen, tol, log, tune_iters):
-    """Verify every config against a torch reference of the dequantized weight; time each on a
+    """Verify every config against a torch fp32 reference of the dequantized weight (for the A8 kernel:
+    times the torch-quantized-and-dequantized activations); a failed check is fatal.  Time each on a
     set of weight copies that exceeds L2 (weights re-read from HBM); keep the fastest."""
     ref_w = wobj.dequant(torch.float32)
     best = None
     results = []
-    for cfg in configs:
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if is_cuda(dev) else 132
+    for cfg in shape_configs(wobj, configs, sms):
         x = torch.randn((1, wobj.K), device=dev, generator=gen).to(torch.bfloat16)
-        ref = x.float() @ ref_w.t()
+        a8 = cfg.get("v") == "a8"
+        ref = (fake_quant_torch(x) if a8 else x).float() @ ref_w.t()
         try:
             y = wobj.launch(x, cfg)
         except Exception as e:  # a config that fails to compile is skipped
-            log(f"    cfg {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
+            log(f"    cfg {cfg} failed: {type(e).__name__}: {str(e)[:300]}")
             continue
         l2e, maxe = rel_err(y, ref)
         ok = l2e < tol and math.isfinite(l2e)
         if not ok:
             raise AssertionError(f"{type(wobj).__name__} N={wobj.N} K={wobj.K} cfg={cfg}: rel err {l2e:.3e} (max {maxe:.3e})")
+        r = dict(cfg=cfg, rel_l2_err=l2e, rel_max_err=maxe)
+        if a8:  # information: INT8 activation error against the bf16-activation product
+            r["rel_l2_err_vs_bf16_act"] = rel_err(y, x.float() @ ref_w.t())[0]
         t = None
         if is_cuda(dev):
             t = gemv_rotating_time(wobj, cfg, dev, gen, tune_iters)
-        results.append(dict(cfg=cfg, rel_l2_err=l2e, rel_max_err=maxe, us=t))
+        r["us"] = t
+        results.append(r)
         if best is None or (t is not None and t < best[1]):
             best = (cfg, t)
+    if best is None:
+        raise RuntimeError(f"no config ran for {type(wobj).__name__} N={wobj.N} K={wobj.K}")
     wobj.cfg = best[0]
     return results
 
@@ -452,7 +706,10 @@ _ROT_CACHE = {}
 
 def gemv_rotating_time(wobj, cfg, dev, gen, iters, min_bytes=512 << 20):
     """us per GEMV call; calls rotate over copies of the weight totalling >= min_bytes so that
-    L2 (50 MB) does not serve the weights.  Graph of n_copies calls, replayed."""
+    L2 (50 MB) does not serve the weights.  Graph of n_copies calls, replayed.  Split-K configs
+    accumulate into one fp32 workspace zeroed once per replay (one memset, as in the decode step);
+    the A8 kernel reads activations quantized once outside the graph (in the step the quantization
+    is fused into the preceding glue kernel)."""
     key = (type(wobj).__name__, wobj.N, wobj.K)
     if key not in _ROT_CACHE:
         n = max(2, math.ceil(min_bytes / wobj.nbytes()))
@@ -461,10 +718,15 @@ def gemv_rotating_time(wobj, cfg, dev, gen, iters, min_bytes=512 << 20):
         _ROT_CACHE[key] = copies
     copies = _ROT_CACHE[key]
     x = torch.randn((1, wobj.K), device=dev, generator=gen).to(torch.bfloat16)
+    xq = quantize_act(x) if (cfg is not None and cfg.get("v") == "a8") else None
+    split = cfg is not None and cfg.get("SPLIT_K", 1) > 1
+    ws = torch.zeros((len(copies), wobj.N), device=dev, dtype=torch.float32) if split else None
 
     def fn():
-        for c in copies:
-            c.launch(x, cfg)
+        if split:
+            ws.zero_()
+        for i, c in enumerate(copies):
+            c.launch(x, cfg, out=ws[i:i + 1] if split else None, xq=xq)
     med, _ = time_graph(fn, dev, iters=iters, trials=3, warmup=3)
     return med / len(copies)
 
@@ -499,6 +761,8 @@ class Model:
             torch.randn((c["vocab"], hid), device=dev, generator=gen).div_(math.sqrt(hid)).to(torch.bfloat16))
         self.lm_scale = 1.0 / math.sqrt(hid) if c["tied"] else 1.0
         self.final_norm = (1 + 0.1 * torch.randn(hid, device=dev, generator=gen)).to(torch.bfloat16)
+        self.ws = None    # fp32 workspace for all GEMV outputs of one step (quantized paths)
+        self.aq = False   # GEMV inputs INT8-quantized by the glue kernels (ternary_a8)
         if lin_cfgs:
             for L in self.layers:
                 for name in ("qkv", "o", "gate_up", "down"):
@@ -509,15 +773,36 @@ class Model:
             for name in ("qkv", "o", "gate_up", "down"):
                 yield L[name]
 
-    def dequantized_copy(self):
-        """A bf16 model with the same (dequantized) weights, norms, embedding and head."""
+    def use_cfgs(self, tuned):
+        """Set each linear's tuned config; one fp32 output workspace (slices per linear, zeroed once per
+        step) when the kernels write fp32 (v3 / a8), none for v1/v2."""
+        for w in self.linears():
+            w.cfg = tuned[(w.N, w.K)]
+        self.aq = any(w.cfg.get("v") == "a8" for w in self.linears())
+        if any(w.cfg.get("v") in (3, "a8") for w in self.linears()):
+            tot = sum(w.N for w in self.linears())
+            self.ws = torch.zeros(tot, device=self.dev, dtype=torch.float32)
+            off = 0
+            for w in self.linears():
+                w.out = self.ws[off:off + w.N].view(1, w.N)
+                off += w.N
+        else:
+            self.ws = None
+            for w in self.linears():
+                w.out = None
+
+    def dequantized_copy(self, aq=False):
+        """A bf16 model with the same (dequantized) weights, norms, embedding and head (aq: its linears
+        fake-quantize their inputs to INT8 first, the reference of the A8 path)."""
         m = Model.__new__(Model)
         m.c, m.fmt, m.dev = self.c, "bf16", self.dev
+        m.ws, m.aq = None, False
         m.layers = []
         for L in self.layers:
             M = dict(L)
             for name in ("qkv", "o", "gate_up", "down"):
                 M[name] = Bf16Weight(L[name].N, L[name].K, None, None, w=L[name].dequant(torch.bfloat16))
+                M[name].aq = aq
             m.layers.append(M)
         m.emb, m.lm_head, m.lm_scale, m.final_norm = self.emb, self.lm_head, self.lm_scale, self.final_norm
         return m
@@ -565,7 +850,7 @@ def step_torch(m, st):
     cos, sin = st.cos.index_select(0, st.pos), st.sin.index_select(0, st.pos)
     for li, L in enumerate(m.layers):
         x = F.rms_norm(h, (c["hidden"],), L["ln1"], eps)
-        qkv = L["qkv"].launch(x)
+        qkv = L["qkv"].launch(x).to(x.dtype)
         q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], -1)
         q = rope_torch(q.view(H, D), cos, sin)
         k = rope_torch(k.view(Hkv, D), cos, sin)
@@ -576,14 +861,14 @@ def step_torch(m, st):
         o = o.reshape(1, H * D)
         if c["subnorm"]:
             o = F.rms_norm(o, (H * D,), L["attn_sub"], eps)
-        h = h + L["o"].launch(o)
+        h = h + L["o"].launch(o).to(h.dtype)
         x = F.rms_norm(h, (c["hidden"],), L["ln2"], eps)
-        gu = L["gate_up"].launch(x)
+        gu = L["gate_up"].launch(x).to(x.dtype)
         g, u = gu.chunk(2, -1)
         a = (F.silu(g) if c["act"] == "silu" else torch.square(F.relu(g))) * u
         if c["subnorm"]:
             a = F.rms_norm(a, (c["ffn"],), L["ffn_sub"], eps)
-        h = h + L["down"].launch(a)
+        h = h + L["down"].launch(a).to(h.dtype)
     h = F.rms_norm(h, (c["hidden"],), m.final_norm, eps)
     logits = F.linear(h, m.lm_head)
     return logits * m.lm_scale if m.lm_scale != 1.0 else logits
@@ -594,46 +879,77 @@ def _np2(n):
 
 
 def step_fused(m, st):
-    """One decode step: linears through m's weight objects, glue in fused Triton kernels."""
+    """One decode step: linears through m's weight objects, glue in fused Triton kernels.  Quantized
+    v3/a8 paths: GEMV outputs are fp32 slices of one workspace zeroed at the start of the step (one
+    memset), read directly by the glue kernels; a8: the glue kernels also emit the INT8 activations."""
     c = m.c
     H, Hkv, D, eps, hid, ffn = c["heads"], c["kv_heads"], c["head_dim"], 1e-5, c["hidden"], c["ffn"]
     dev = st.tok.device
+    if m.ws is not None:
+        m.ws.zero_()
+    aq = m.aq
+
+    def qbuf(K):
+        if not aq:
+            return None, None, None
+        xq = torch.empty(K, device=dev, dtype=torch.int8)
+        meta = torch.empty(2, device=dev, dtype=torch.float32)
+        return (xq, meta), xq, meta
+
+    def lin(w, inp, xq):
+        return w.launch(inp, out=getattr(w, "out", None), xq=xq)
+
     h = m.emb.index_select(0, st.tok)                      # [1, hid] (a copy: residual stream)
     x = torch.empty_like(h)
     nw_h = 8 if hid >= 2048 else 4
-    add_rmsnorm_kernel[(1,)](h, h, m.layers[0]["ln1"], x, hid, eps, HAS_ADD=False, BLOCK=_np2(hid), num_warps=nw_h)
+    xqp, xq, meta = qbuf(hid)
+    add_rmsnorm_kernel[(1,)](h, h, m.layers[0]["ln1"], x, hid, eps, HAS_ADD=False, BLOCK=_np2(hid), num_warps=nw_h,
+                             xq_ptr=xq, meta_ptr=meta, QUANT=aq)
     for li, L in enumerate(m.layers):
-        qkv = L["qkv"].launch(x)
+        qkv = lin(L["qkv"], x, xqp)
         q = torch.empty((1, H * D), device=dev, dtype=torch.bfloat16)
         rope_kv_kernel[(H + 2 * Hkv,)](qkv, st.cos, st.sin, st.pos, q, st.kc[li], st.vc[li], H, Hkv, st.ctx, D=D,
                                        num_warps=1)
         o = F.scaled_dot_product_attention(q.view(1, H, 1, D), st.kc[li].unsqueeze(0), st.vc[li].unsqueeze(0),
                                            enable_gqa=(H != Hkv))
         o = o.reshape(1, H * D)
+        xqp, xq, meta = qbuf(H * D)
         if c["subnorm"]:
             o2 = torch.empty_like(o)
             add_rmsnorm_kernel[(1,)](o, o, L["attn_sub"], o2, H * D, eps, HAS_ADD=False, BLOCK=_np2(H * D),
-                                     num_warps=nw_h)
+                                     num_warps=nw_h, xq_ptr=xq, meta_ptr=meta, QUANT=aq)
             o = o2
-        d = L["o"].launch(o)
-        add_rmsnorm_kernel[(1,)](h, d, L["ln2"], x, hid, eps, HAS_ADD=True, BLOCK=_np2(hid), num_warps=nw_h)
-        gu = L["gate_up"].launch(x)
+        elif aq:
+            xqp = quantize_act(o)
+        d = lin(L["o"], o, xqp)
+        xqp, xq, meta = qbuf(hid)
+        add_rmsnorm_kernel[(1,)](h, d, L["ln2"], x, hid, eps, HAS_ADD=True, BLOCK=_np2(hid), num_warps=nw_h,
+                                 xq_ptr=xq, meta_ptr=meta, QUANT=aq)
+        gu = lin(L["gate_up"], x, xqp)
         a = torch.empty((1, ffn), device=dev, dtype=torch.bfloat16)
+        xqp, xq, meta = qbuf(ffn)
         act_kernel[(1,)](gu, L["ffn_sub"] if c["subnorm"] else gu, a, ffn, eps,
                          ACT=0 if c["act"] == "silu" else 1, SUBNORM=c["subnorm"], BLOCK=_np2(ffn),
-                         num_warps=16 if ffn >= 4096 else 4)
-        d = L["down"].launch(a)
+                         num_warps=16 if ffn >= 4096 else 4, xq_ptr=xq, meta_ptr=meta, QUANT=aq)
+        d = lin(L["down"], a, xqp)
         nxt = m.layers[li + 1]["ln1"] if li + 1 < len(m.layers) else m.final_norm
-        add_rmsnorm_kernel[(1,)](h, d, nxt, x, hid, eps, HAS_ADD=True, BLOCK=_np2(hid), num_warps=nw_h)
+        last = li + 1 == len(m.layers)
+        xqp, xq, meta = qbuf(hid) if not last else (None, None, None)
+        add_rmsnorm_kernel[(1,)](h, d, nxt, x, hid, eps, HAS_ADD=True, BLOCK=_np2(hid), num_warps=nw_h,
+                                 xq_ptr=xq, meta_ptr=meta, QUANT=aq and not last)
     logits = F.linear(x, m.lm_head)
     return logits * m.lm_scale if m.lm_scale != 1.0 else logits
 
 
-def gemv_only_step(m, xs):
-    """Only the linear layers + LM head of one step (inputs fixed): the weight-streaming floor."""
+def gemv_only_step(m, xs, xqs=None):
+    """Only the linear layers + LM head of one step (inputs fixed): the weight-streaming floor
+    (quantized v3/a8 paths include the step's one workspace memset; a8 inputs pre-quantized)."""
+    if m.ws is not None:
+        m.ws.zero_()
     for L in m.layers:
         for name in ("qkv", "o", "gate_up", "down"):
-            L[name].launch(xs[L[name].K])
+            w = L[name]
+            w.launch(xs[w.K], out=getattr(w, "out", None), xq=xqs[w.K] if xqs else None)
     return F.linear(xs[m.c["hidden"]], m.lm_head)
 
 
@@ -649,6 +965,7 @@ def main():
     ap.add_argument("--contexts", default="128,1024")
     ap.add_argument("--iters", type=int, default=100, help="graph replays per trial")
     ap.add_argument("--trials", type=int, default=7)
+    ap.add_argument("--kernels-only", action="store_true", help="only the kernel-level GEMV section")
     ap.add_argument("--out", default=None, help="directory for gpu_baseline.json / .md / .log")
     args = ap.parse_args()
 
@@ -686,7 +1003,46 @@ def main():
         "bandwidth = bytes_per_token / token latency; efficiency = bandwidth / 3.35e12 B/s"),
         decode=[], gemv=[], checks=[], tuning={})
 
-    for mname in [m for m in args.models.split(",") if m]:
+    # quantized paths per model: (path name, candidate configs, tiny candidates).  *_v1: the first
+    # version's kernels (v1/v2, one program per row block, bf16 activations), kept for comparison;
+    # int4 / ternary: the best per shape over the v1/v2 and the split-K v3 kernels (bf16 activations);
+    # ternary_a8: the dp4a kernel on INT8 activations.
+    VARIANTS = {
+        "int4": [("int4_v1", INT4_CONFIGS, TINY_INT4), ("int4", INT4_CONFIGS + INT4_V3, TINY_INT4 + TINY_INT4_V3)],
+        "ternary": [("ternary_v1", TERN_CONFIGS, TINY_TERN), ("ternary", TERN_CONFIGS + TERN_V3, TINY_TERN + TINY_TERN_V3),
+                    ("ternary_a8", TERN_A8, TINY_TERN_A8)],
+    }
+
+    def run_decode(model, mname, path, stepfn):
+        for ctx in contexts:
+            st = State(model, ctx, dev, gen)
+            with torch.no_grad():
+                med, vals = time_graph(lambda: stepfn(model, st), dev, iters, trials)
+            b = model.bytes_per_token(ctx)
+            bw = b["total"] / (med * 1e-6)
+            r = dict(model=mname, path=path, context=ctx, layers=model.c["layers"], latency_us=med,
+                     trials_us=vals, tokens_per_s=1e6 / med, bytes_per_token=b["total"],
+                     bytes_breakdown=b, bandwidth_GBps=bw / 1e9, efficiency=bw / PEAK_BW)
+            out["decode"].append(r)
+            log(f"  {path:11s} ctx={ctx:5d}: {med:9.1f} us/token  {1e6 / med:8.1f} tok/s  "
+                f"{b['total'] / 1e6:9.1f} MB/token  {bw / 1e9:7.1f} GB/s  eff {100 * bw / PEAK_BW:5.1f}%")
+            del st
+        # weight streaming only (linears + LM head, no glue/attention)
+        xs = {k: torch.randn((1, k), device=dev, generator=gen).to(torch.bfloat16)
+              for k in {w.K for w in model.linears()} | {model.c["hidden"]}}
+        xqs = {k: quantize_act(v) for k, v in xs.items()} if model.aq else None
+        with torch.no_grad():
+            med, vals = time_graph(lambda: gemv_only_step(model, xs, xqs), dev, iters, trials)
+        b = model.bytes_per_token(0)
+        wb = b["linear_weights"] + b["lm_head"]
+        r = dict(model=mname, path=path, context=None, what="linears+LM head only", latency_us=med,
+                 trials_us=vals, bytes=wb, bandwidth_GBps=wb / (med * 1e-6) / 1e9,
+                 efficiency=wb / (med * 1e-6) / PEAK_BW)
+        out["decode"].append(r)
+        log(f"  {path:11s} linears+head only: {med:9.1f} us  {wb / 1e6:9.1f} MB  "
+            f"{r['bandwidth_GBps']:7.1f} GB/s  eff {100 * r['efficiency']:5.1f}%")
+
+    for mname in ([m for m in args.models.split(",") if m] if not args.kernels_only else []):
         cfg = dict(MODELS[mname])
         if args.tiny:
             cfg.update(TINY[mname])
@@ -694,97 +1050,92 @@ def main():
             cfg["layers"] = 2
         qfmt = cfg["quant"]
         log(f"\n=== {mname} {'(tiny)' if args.tiny else ''} layers={cfg['layers']} quant={qfmt}")
-
-        # --- quantized model: verify + tune each kernel shape, then sanity of the whole step
         t0 = time.time()
         qm = Model(cfg, qfmt, dev, gen)
         log(f"  built {qfmt} model in {time.time() - t0:.1f}s")
-        configs = (INT4_CONFIGS if qfmt == "int4" else TERN_CONFIGS) if not args.tiny else (
-            TINY_INT4 if qfmt == "int4" else TINY_TERN)
-        tuned = {}
-        for w in qm.layers[0].values():
-            if not hasattr(w, "launch") or (w.N, w.K) in tuned:
-                continue
-            res = check_and_tune(w, configs, dev, gen, tol=1e-2, log=log, tune_iters=tune_iters)
-            tuned[(w.N, w.K)] = w.cfg
-            best = min(res, key=lambda r: r["us"] if r["us"] is not None else 0)
-            log(f"  {qfmt} GEMV N={w.N} K={w.K}: {len(res)} configs verified (max rel l2 err "
-                f"{max(r['rel_l2_err'] for r in res):.2e}); best {w.cfg} "
-                + (f"{best['us']:.1f} us" if best["us"] is not None else ""))
-            out["tuning"][f"{mname}/{qfmt}/N{w.N}_K{w.K}"] = res
-            out["checks"].append(dict(model=mname, what=f"{qfmt} GEMV vs torch matmul of dequantized weights",
-                                      N=w.N, K=w.K, max_rel_l2_err=max(r["rel_l2_err"] for r in res),
-                                      max_rel_max_err=max(r["rel_max_err"] for r in res), tol=1e-2, passed=True))
-        _ROT_CACHE.clear()
-        for L in qm.layers:
-            for name in ("qkv", "o", "gate_up", "down"):
-                L[name].cfg = tuned[(L[name].N, L[name].K)]
-
-        # whole-step sanity: quant path vs bf16 path on the same dequantized weights; fused vs torch glue
         dm = qm.dequantized_copy()
         st = State(qm, contexts[0], dev, gen)
         kc0 = [t.clone() for t in st.kc]
         vc0 = [t.clone() for t in st.vc]
 
         def reset():
-            for a, b in zip(st.kc, kc0):
-                a.copy_(b)
-            for a, b in zip(st.vc, vc0):
-                a.copy_(b)
+            for a_, b_ in zip(st.kc, kc0):
+                a_.copy_(b_)
+            for a_, b_ in zip(st.vc, vc0):
+                a_.copy_(b_)
         with torch.no_grad():
             ref = step_torch(dm, st).float(); reset()
             ref_f = step_fused(dm, st).float(); reset()
-            got_q = step_fused(qm, st).float(); reset()
-            got_qt = step_torch(qm, st).float(); reset()
-        for what, a in [("bf16 fused-glue step vs bf16 torch step (same weights)", ref_f),
-                        (f"{qfmt} step (fused glue) vs bf16 torch step on dequantized weights", got_q),
-                        (f"{qfmt} step (torch glue) vs bf16 torch step on dequantized weights", got_qt)]:
-            l2e, maxe = rel_err(a, ref)
-            cos = F.cosine_similarity(a.flatten(), ref.flatten(), dim=0).item()
-            ok = math.isfinite(l2e) and l2e < 5e-2
-            log(f"  check: {what}: logits rel l2 err {l2e:.2e} (rel max {maxe:.2e}, cosine {cos:.6f}) "
-                f"{'ok' if ok else 'FAIL (recorded, run continues)'}")
-            out["checks"].append(dict(model=mname, what=what, rel_l2_err=l2e, rel_max_err=maxe, cosine=cos,
-                                      tol=5e-2, passed=ok))
-        del dm, st, kc0, vc0, ref, ref_f, got_q, got_qt
-        if cuda:
-            torch.cuda.empty_cache()
-
-        def run_decode(model, path, stepfn):
-            for ctx in contexts:
-                st = State(model, ctx, dev, gen)
+        l2e, maxe = rel_err(ref_f, ref)
+        ok = math.isfinite(l2e) and l2e < 5e-2
+        log(f"  check: bf16 fused-glue step vs bf16 torch step (same weights): logits rel l2 err {l2e:.2e} "
+            f"{'ok' if ok else 'FAIL (recorded, run continues)'}")
+        out["checks"].append(dict(model=mname, what="bf16 fused-glue step vs bf16 torch step (same weights)",
+                                  rel_l2_err=l2e, rel_max_err=maxe, tol=5e-2, passed=ok))
+        ref_aq = None
+        for path, configs, tiny_configs in VARIANTS[qfmt]:
+            # --- verify + tune each kernel shape (fatal on a wrong result), then whole-step sanity
+            tuned = {}
+            for w in qm.layers[0].values():
+                if not hasattr(w, "launch") or (w.N, w.K) in tuned:
+                    continue
+                res = check_and_tune(w, tiny_configs if args.tiny else configs, dev, gen, tol=1e-2, log=log,
+                                     tune_iters=tune_iters)
+                tuned[(w.N, w.K)] = w.cfg
+                best = min(res, key=lambda r: r["us"] if r["us"] is not None else 0)
+                log(f"  {path} GEMV N={w.N} K={w.K}: {len(res)} configs verified (max rel l2 err "
+                    f"{max(r['rel_l2_err'] for r in res):.2e}); best {w.cfg} "
+                    + (f"{best['us']:.1f} us" if best["us"] is not None else ""))
+                out["tuning"][f"{mname}/{path}/N{w.N}_K{w.K}"] = res
+                out["checks"].append(dict(model=mname, what=f"{path} GEMV vs torch fp32 matmul of dequantized weights"
+                                          + (" x fake-quantized INT8 activations" if path.endswith("a8") else ""),
+                                          N=w.N, K=w.K, max_rel_l2_err=max(r["rel_l2_err"] for r in res),
+                                          max_rel_max_err=max(r["rel_max_err"] for r in res), tol=1e-2, passed=True))
+            _ROT_CACHE.clear()
+            qm.use_cfgs(tuned)
+            a8 = path.endswith("a8")
+            if a8 and ref_aq is None:
+                dq = qm.dequantized_copy(aq=True)
                 with torch.no_grad():
-                    med, vals = time_graph(lambda: stepfn(model, st), dev, iters, trials)
-                b = model.bytes_per_token(ctx)
-                bw = b["total"] / (med * 1e-6)
-                r = dict(model=mname, path=path, context=ctx, layers=model.c["layers"], latency_us=med,
-                         trials_us=vals, tokens_per_s=1e6 / med, bytes_per_token=b["total"],
-                         bytes_breakdown=b, bandwidth_GBps=bw / 1e9, efficiency=bw / PEAK_BW)
-                out["decode"].append(r)
-                log(f"  {path:11s} ctx={ctx:5d}: {med:9.1f} us/token  {1e6 / med:8.1f} tok/s  "
-                    f"{b['total'] / 1e6:9.1f} MB/token  {bw / 1e9:7.1f} GB/s  eff {100 * bw / PEAK_BW:5.1f}%")
-                del st
-            # weight streaming only (linears + LM head, no glue/attention)
-            xs = {k: torch.randn((1, k), device=dev, generator=gen).to(torch.bfloat16)
-                  for k in {w.K for w in model.linears()} | {model.c["hidden"]}}
+                    ref_aq = step_torch(dq, st).float(); reset()
+                del dq
             with torch.no_grad():
-                med, vals = time_graph(lambda: gemv_only_step(model, xs), dev, iters, trials)
-            b = model.bytes_per_token(0)
-            wb = b["linear_weights"] + b["lm_head"]
-            r = dict(model=mname, path=path, context=None, what="linears+LM head only", latency_us=med,
-                     trials_us=vals, bytes=wb, bandwidth_GBps=wb / (med * 1e-6) / 1e9,
-                     efficiency=wb / (med * 1e-6) / PEAK_BW)
-            out["decode"].append(r)
-            log(f"  {path:11s} linears+head only: {med:9.1f} us  {wb / 1e6:9.1f} MB  "
-                f"{r['bandwidth_GBps']:7.1f} GB/s  eff {100 * r['efficiency']:5.1f}%")
-
-        run_decode(qm, qfmt, step_fused)
-        del qm
+                got_q = step_fused(qm, st).float(); reset()
+                got_qt = step_torch(qm, st).float(); reset()
+            rname = "bf16 torch step on dequantized weights" + (" with INT8 fake-quantized activations" if a8 else "")
+            if not a8:
+                checks = [(f"{path} step (fused glue) vs {rname}", got_q, ref, 5e-2),
+                          (f"{path} step (torch glue) vs {rname}", got_qt, ref, 5e-2)]
+            else:
+                # INT8 activations add ~1% noise per GEMV (rel_l2_err_vs_bf16_act in the tuning records), which
+                # the random 30-layer network amplifies; two A8 chains that differ by bf16 rounding also round
+                # different activations to different codes, so against the fake-quant torch reference the
+                # error is of the same size: those two comparisons are recorded as information.  The pass/fail
+                # check compares the fused-glue step (quantization fused into the glue kernels) with the
+                # torch-glue step that quantizes each GEMV input separately (same kernels).
+                checks = [(f"{path} step (fused glue, quantization in the glue kernels) vs {path} step (torch glue, "
+                           "separate quantization kernel)", got_q, got_qt, 5e-2),
+                          (f"{path} step (fused glue) vs {rname} (information)", got_q, ref_aq, None),
+                          (f"{path} step (fused glue) vs bf16 torch step on dequantized weights, bf16 "
+                           "activations (information: INT8 activation error)", got_q, ref, None)]
+            for what, a_, r_, tol in checks:
+                l2e, maxe = rel_err(a_, r_)
+                cos = F.cosine_similarity(a_.flatten(), r_.flatten(), dim=0).item()
+                ok = math.isfinite(l2e) and (tol is None or l2e < tol)
+                log(f"  check: {what}: logits rel l2 err {l2e:.2e} (rel max {maxe:.2e}, cosine {cos:.6f}) "
+                    f"{'ok' if ok else 'FAIL (recorded, run continues)'}")
+                out["checks"].append(dict(model=mname, what=what, rel_l2_err=l2e, rel_max_err=maxe, cosine=cos,
+                                          tol=tol, passed=ok))
+            del got_q, got_qt
+            run_decode(qm, mname, path, step_fused)
+            if cuda:
+                torch.cuda.empty_cache()
+        del dm, st, kc0, vc0, ref, ref_f, ref_aq, qm
         if cuda:
             torch.cuda.empty_cache()
         bm = Model(cfg, "bf16", dev, gen)
-        run_decode(bm, "bf16_torch", step_torch)
-        run_decode(bm, "bf16_fused", step_fused)
+        run_decode(bm, mname, "bf16_torch", step_torch)
+        run_decode(bm, mname, "bf16_fused", step_fused)
         del bm
         if cuda:
             torch.cuda.empty_cache()
@@ -794,24 +1145,28 @@ def main():
         hid, ffn = (MODELS["llama2-7b"]["hidden"], MODELS["llama2-7b"]["ffn"]) if not args.tiny else (256, 640)
         bh, bf = (MODELS["bitnet-2b4t"]["hidden"], MODELS["bitnet-2b4t"]["ffn"]) if not args.tiny else (256, 384)
         shapes = [("llama2-7b gate_up (fused)", 2 * ffn, hid), ("llama2-7b down", hid, ffn),
-                  ("bitnet-2b4t gate_up (fused)", 2 * bf, bh)]
-        log("\n=== kernel-level GEMV (weights rotated over copies > L2; bf16 x, bf16 y)")
+                  ("bitnet-2b4t gate_up (fused)", 2 * bf, bh), ("bitnet-2b4t down", bh, bf)]
+        log("\n=== kernel-level GEMV (weights rotated over copies > L2; bf16 x; y bf16, or fp32 for split-K)")
+        fmts = [("bf16", Bf16Weight, [None], [None])] + [
+            (p, Int4Weight if q == "int4" else TernaryWeight, c, tc) for q in ("int4", "ternary") for p, c, tc in VARIANTS[q]]
         for label, N, K in shapes:
-            for fmt, cls, cfgs in [("bf16", Bf16Weight, [None]),
-                                   ("int4", Int4Weight, INT4_CONFIGS if not args.tiny else TINY_INT4),
-                                   ("ternary", TernaryWeight, TERN_CONFIGS if not args.tiny else TINY_TERN)]:
+            for fmt, cls, cfgs, tcfgs in fmts:
+                if label.startswith("bitnet") and fmt.startswith("int4"):
+                    continue
                 w = cls(N, K, dev, gen)
                 if fmt == "bf16":
                     w.cfg = None
                     us = gemv_rotating_time(w, None, dev, gen, tune_iters) if cuda else float("nan")
                 else:
-                    res = check_and_tune(w, cfgs, dev, gen, tol=1e-2, log=log, tune_iters=tune_iters)
+                    res = check_and_tune(w, tcfgs if args.tiny else cfgs, dev, gen, tol=1e-2, log=log,
+                                         tune_iters=tune_iters)
                     us = min(r["us"] for r in res) if cuda else float("nan")
+                    out["tuning"][f"kernel/{fmt}/N{N}_K{K}"] = res
                 bw = w.nbytes() / (us * 1e-6)
                 r = dict(shape=label, N=N, K=K, format=fmt, cfg=w.cfg, us=us, bytes=w.nbytes(),
                          bandwidth_GBps=bw / 1e9, efficiency=bw / PEAK_BW)
                 out["gemv"].append(r)
-                log(f"  {label:28s} {fmt:8s} N={N:6d} K={K:6d}: {us:8.1f} us  {w.nbytes() / 1e6:8.1f} MB  "
+                log(f"  {label:28s} {fmt:10s} N={N:6d} K={K:6d}: {us:8.1f} us  {w.nbytes() / 1e6:8.1f} MB  "
                     f"{bw / 1e9:7.1f} GB/s  eff {100 * bw / PEAK_BW:5.1f}%  cfg={w.cfg}")
                 _ROT_CACHE.clear()
                 del w
@@ -825,6 +1180,10 @@ def main():
             json.dump(out, f, indent=1)
         with open(os.path.join(args.out, "gpu_baseline.md"), "w") as f:
             f.write(md)
+
+
+def _cfgstr(cfg):
+    return "" if not cfg else " ".join(f"{k}={v}" for k, v in cfg.items())
 
 
 def render_md(out):
@@ -850,15 +1209,17 @@ def render_md(out):
                          f"{r['bandwidth_GBps']:.1f} | {100 * r['efficiency']:.1f}% |")
     if out["gemv"]:
         lines += ["", "## Kernel-level GEMV (batch 1, weights rotated over copies larger than L2)", "",
-                  "| shape | format | N | K | us | MB | GB/s | efficiency |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| shape | format | N | K | us | MB | GB/s | efficiency | config |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in out["gemv"]:
             lines.append(f"| {r['shape']} | {r['format']} | {r['N']} | {r['K']} | {r['us']:.1f} | {r['bytes'] / 1e6:.1f} | "
-                         f"{r['bandwidth_GBps']:.1f} | {100 * r['efficiency']:.1f}% |")
+                         f"{r['bandwidth_GBps']:.1f} | {100 * r['efficiency']:.1f}% | {_cfgstr(r['cfg'])} |")
     lines += ["", "## Checks", ""]
     for c in out["checks"]:
         err = c.get("rel_l2_err", c.get("max_rel_l2_err"))
         lines.append(f"- {c['model']}: {c['what']}" + (f" (N={c['N']}, K={c['K']})" if "N" in c else "")
-                     + f": rel L2 err {err:.2e} < {c['tol']}: {'pass' if c['passed'] else 'FAIL'}")
+                     + (f": rel L2 err {err:.2e} < {c['tol']}: {'pass' if c['passed'] else 'FAIL'}" if c["tol"] is not None
+                        else f": rel L2 err {err:.2e} (information, no tolerance)")
+                     + (f" (cosine {c['cosine']:.5f})" if "cosine" in c else ""))
     return "\n".join(lines) + "\n"
 
 
