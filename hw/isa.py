@@ -66,7 +66,7 @@ __all__ = [
     "ISA_VERSION_MAJOR", "ISA_VERSION_MINOR", "INSTR_BITS", "INSTR_BYTES", "OPCODE_BITS",
     "MASK_BITS", "HEADER_BITS", "HBM_ADDR_BITS", "BUS_BYTES", "HBM_PORTS", "NUM_BUFFERS",
     "BUF_ID_BITS", "BUF_OFFSET_BITS", "MAX_LAYERS", "TOKEN_DEPTH", "TOKEN_COUNTER_BITS",
-    "Unit", "ErrorCode", "Block", "KvFormat", "NpeOp", "AttnPhase", "Field", "OpcodeDef",
+    "Unit", "ErrorCode", "Block", "KvFormat", "NpeOp", "AttnPhase", "ElemFormat", "WeightFormat", "Field", "OpcodeDef",
     "OPCODES", "OPCODE_BY_NAME", "OPCODE_BY_NUMBER", "Opcode", "Instruction", "IllegalInstruction",
     "unit_mask", "f32_bits", "bits_f32", "encode", "encode_program", "check_word", "decode",
     "decode_program", "disassemble", "Assembler", "HEADER_LAYOUT", "INSTRUCTION_LAYOUT",
@@ -82,7 +82,7 @@ __all__ = [
 #: ISA version, shown in the CSR ``VERSION`` register. Bump the major number on any change to an
 #: existing encoding, the minor number when opcodes or fields are only added.
 ISA_VERSION_MAJOR = 1
-ISA_VERSION_MINOR = 0
+ISA_VERSION_MINOR = 1
 
 #: Instruction width: one 256-bit HBM AXI beat.
 INSTR_BITS = 256
@@ -206,11 +206,26 @@ class NpeOp(py_enum.IntEnum):
     RELU2_GLU = 2       #: dst = relu(src_a)^2 * src_b
     SWIGLU = 3          #: dst = silu(src_a) * src_b
     SILU = 4            #: dst = silu(src_a)
-    ROPE = 5            #: dst = rope(src_a, pos) with tables at param_addr, head_dim
+    ROPE = 5            #: dst = rope(src_a, pos): param_addr = table row of pos (cos[Dh/2], sin[Dh/2] binary32)
     RESIDUAL_ADD = 6    #: dst = src_a + src_b
-    ACT_QUANT_INT8 = 7  #: dst = int8 codes of src_a, followed by the binary32 amax
+    ACT_QUANT_INT8 = 7  #: dst = int8 codes of src_a; binary32 amax at dst_off + length rounded up to 32
     TO_FP16 = 8         #: dst = binary16(src_a) (RNE, saturating)
-    TO_FP32 = 9         #: dst = binary32(src_a) (exact)
+    TO_FP32 = 9         #: dst = binary32(src_a) (exact; source format in the ``fmt`` field)
+
+
+class ElemFormat(py_enum.IntEnum):
+    """Element format of an NPE operand that is not binary32 (``NPE.fmt``, used by TO_FP32)."""
+
+    F32 = 0   #: IEEE binary32 (4 bytes)
+    F16 = 1   #: IEEE binary16 (2 bytes)
+    BF16 = 2  #: bfloat16 (2 bytes)
+
+
+class WeightFormat(py_enum.IntEnum):
+    """Weight format of a PE_LINEAR instruction."""
+
+    INT4_GPTQ = 0  #: GPTQ words: qweight int32 [K/8, N], fp16 scales [K/G, N], qzeros int32 [K/G, N/8]
+    FP16 = 1       #: binary16 rows W[N, K] (LM head): y = qk_bfp(x, W), BFP x BFP
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,7 +415,14 @@ OPCODES: tuple[OpcodeDef, ...] = (
                Field("kv_fmt", 2, "storage format", kind="enum", enum=KvFormat),
                Field("head_dim", 9, "elements per row", min=2, max=256, align=2),
                *_buf("k", "K row (fp16)"), *_buf("v", "V row (fp16)"),
-               _hbm_addr("kv_addr", "KV region of this layer and head"), _port())),
+               _hbm_addr("kv_addr", "KV region of this layer and head"), _port(),
+               _hbm_addr("desc_addr", "KV layout descriptor (see docs/compiler.md)"))),
+    OpcodeDef("MASK_STORE", 0x22, Unit.ST,
+              "Store the routing bitmask bits of layers 0 .. layers-1 (bit 2*layer + block, 1 = "
+              "skipped) LSB-first to HBM at hbm_addr (the token's route-history record), zero "
+              "padded to a multiple of 32 bytes.",
+              (_hbm_addr("hbm_addr", "route-history record of the current token"),
+               Field("layers", 9, "layers stored", min=1, max=MAX_LAYERS))),
     OpcodeDef("TLMM", 0x30, Unit.TLMM,
               "Ternary matrix-vector product y[N] = rescale(tlmm(keys, xq), amax * g127): keys "
               "streamed from w_addr in ternopu.golden.tlmm.pack_keys order, int8 activations and "
@@ -425,7 +447,9 @@ OPCODES: tuple[OpcodeDef, ...] = (
                      min=5, max=7),
                _hbm_addr("scale_addr", "fp16 group scales"),
                _hbm_addr("zero_addr", "packed 4-bit group zeros"),
-               *_buf("src", "fp16 activations x[K]"), *_buf("dst", "binary32 outputs y[N]"))),
+               *_buf("src", "fp16 activations x[K]"), *_buf("dst", "binary32 outputs y[N]"),
+               Field("wfmt", 1, "weight format (FP16: rows W[N, K] at w_addr, no scales/zeros)",
+                     kind="enum", enum=WeightFormat))),
     OpcodeDef("PE_ATTN", 0x41, Unit.PE,
               "Attention for one (layer, kv head): QK^T scores or PV output over `tokens` cached "
               "tokens of format kv_fmt streamed from kv_addr (plus, with hist=1, the reused rows "
@@ -437,9 +461,14 @@ OPCODES: tuple[OpcodeDef, ...] = (
                Field("resid_tokens", 9, "tokens of the fp16 residual window (KIVI)", max=256),
                _hbm_addr("kv_addr", "KV region of this layer and head"), _port(), _nports(),
                *_buf("src", "q (QK) or probabilities p (PV)"), *_buf("dst", "scores or output"),
-               Field("hist", 1, "1: also consume reused rows from the KV history buffer"))),
+               Field("hist", 1, "1: also consume reused rows from the KV history buffer"),
+               _hbm_addr("desc_addr", "KV layout descriptor (geometry, per-layer regions, route "
+                         "history; see docs/compiler.md)"),
+               Field("scale", 32, "binary32 score scale 1/sqrt(head_dim), applied to every QK score "
+                     "(one binary32 multiply)", kind="f32"))),
     OpcodeDef("ROUTER", 0x42, Unit.PE,
-              "Router of (layer, block): score = w . x + bias (w, bias fp16 at w_addr); writes "
+              "Router of (layer, block): score = qk_bfp(x, w) + bias (w: fp16 [dim] at w_addr, "
+              "bias: binary32 at w_addr + dim*2 rounded up to 32 bytes; one binary32 add); writes "
               "routing bitmask bit (layer, block) = (score < threshold), 1 meaning skip.",
               (_layer(), _block(), *_buf("src", "fp16 activations x[dim]"),
                Field("dim", 16, "length of x", min=1),
@@ -453,7 +482,9 @@ OPCODES: tuple[OpcodeDef, ...] = (
                Field("length", 17, "elements", min=1),
                _hbm_addr("param_addr", "parameters (RMSNorm weight, RoPE tables)"),
                Field("pos", 17, "token position (ROPE)"),
-               Field("head_dim", 9, "head dimension (ROPE; 0 otherwise)", max=256, align=2))),
+               Field("head_dim", 9, "head dimension (ROPE; 0 otherwise)", max=256, align=2),
+               Field("eps", 32, "binary32 epsilon (RMSNORM)", kind="f32"),
+               Field("fmt", 2, "source element format (TO_FP32)", kind="enum", enum=ElemFormat))),
 )
 
 OPCODE_BY_NAME: dict[str, OpcodeDef] = {o.name: o for o in OPCODES}
@@ -490,7 +521,8 @@ stores overlap. Order *between* units exists only through dependency tokens:
   limit (cycles) stops the overlay with error WATCHDOG and the waiting instruction's pc.
   Nothing can hang.
 * The routing bitmask ({MAX_LAYERS} layers x 2 blocks, bit 2*layer + block, 1 = skip) is cleared
-  at start; ROUTER writes it, SKIP_IF and KV_PREFETCH read it.
+  at start; ROUTER writes it; SKIP_IF, KV_PREFETCH, KV_APPEND, PE_ATTN and MASK_STORE
+  read it.
 """
 
 

@@ -506,3 +506,27 @@ def test_real_model_layer_programs():
         encode(Instruction.make("TLMM", rows=1 << 17))
     with pytest.raises(IllegalInstruction, match="PE_LINEAR.group_log2"):
         encode(Instruction.make("PE_LINEAR", group_log2=8))
+
+
+def test_compiler_operands_isa_1_1():
+    """Operands the compiler added in ISA 1.1 (additive: older words decode the same)."""
+    assert (isa.ISA_VERSION_MAJOR, isa.ISA_VERSION_MINOR) == (1, 1)
+    op = isa.OPCODE_BY_NAME["MASK_STORE"]
+    assert op.unit == Unit.ST and op.number == 0x22
+    i = Instruction.make("MASK_STORE", hbm_addr=0x1_0000_0020, layers=30, wait="PE")
+    assert decode(encode(i)) == i
+    with pytest.raises(IllegalInstruction, match="MASK_STORE.layers"):
+        encode(Instruction.make("MASK_STORE", layers=0))
+    with pytest.raises(IllegalInstruction, match="MISALIGNED: MASK_STORE.hbm_addr"):
+        encode(Instruction.make("MASK_STORE", hbm_addr=0x10))
+    lm = Instruction.make("PE_LINEAR", rows=32000, cols=4096, wfmt=isa.WeightFormat.FP16)
+    assert decode(encode(lm))["wfmt"] == isa.WeightFormat.FP16
+    attn = Instruction.make("PE_ATTN", tokens=7, desc_addr=0x40, scale=isa.f32_bits(0.125))
+    assert "scale=0.125" in isa.format_instruction(decode(encode(attn)))
+    npe = Instruction.make("NPE", subop=NpeOp.TO_FP32, fmt=isa.ElemFormat.BF16, eps=isa.f32_bits(1e-5))
+    assert decode(encode(npe))["fmt"] == isa.ElemFormat.BF16
+    with pytest.raises(IllegalInstruction, match="FIELD_RANGE: NPE.fmt"):
+        encode(Instruction.make("NPE", fmt=3))
+    # a word without the new fields (all zero above the old fields) decodes to their defaults
+    old = encode(Instruction.make("KV_APPEND", head_dim=128))
+    assert decode(old)["desc_addr"] == 0
