@@ -29,6 +29,6 @@ def test_split_cpp_build_compiles():
     # flag the wheel's makefile lacks (see runner._pch_make_flags). Force a split on a small design.
     top = runner.verilog_of(StreamSum(width=12, max_len=64), "stream_sum_top")
     sim = runner.build(top, "stream_sum_top", tag="smoke-split",
-                       extra_args=["--output-split", "5", "--output-split-cfuncs", "5"])
+                       extra_args=["--output-split", "200", "--output-split-cfuncs", "200"])
     assert len(list(sim.build_dir.glob("Vtop*__[0-9]*.cpp"))) > 1
     runner.run(sim, "ternopu.sim.tb.smoke", params={"width": 12, "seed": 3})
