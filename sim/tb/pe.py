@@ -41,15 +41,6 @@ CONFIG_FIELDS = ("rows", "cols", "group", "out_lanes", "max_k", "max_n", "dsp", 
                  "legacy_zero_offset")
 
 
-#: GNU make variable overrides for the Verilator C++ build of the PE array (through ``MAKEFLAGS``,
-#: which make treats as command-line definitions): the runner's ``-CFLAGS -O1`` is dropped from
-#: ``VM_USER_CFLAGS`` so the per-file optimisation levels apply, and the "slow" files (the
-#: constructors that register every public signal for VPI, hundreds of kB for this design) are
-#: compiled at -O0. Measured: the default -O1 spent over ten minutes in one such file on a loaded
-#: 2-core machine; the simulation speed comes from the "fast" (eval) files, which stay at -O1.
-PE_MAKEFLAGS = "VM_USER_CFLAGS=-std=c++20 OPT_FAST=-O1 OPT_SLOW=-O0 OPT_GLOBAL=-O1"
-
-
 @functools.cache
 def pe_verilog(cfg: PEConfig) -> str:
     """Verilog of a PEArray (elaboration takes tens of seconds: computed once per process)."""
@@ -61,20 +52,9 @@ def pe_verilog(cfg: PEConfig) -> str:
 
 def build_pe(cfg: PEConfig, tag: str):
     """Verilate and compile a :class:`~ternopu.hw.pe_array.PEArray` (cached by the runner)."""
-    import os
-
     from ternopu.sim import runner
 
-    top = pe_verilog(cfg)
-    saved = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = (saved + " " if saved else "") + PE_MAKEFLAGS
-    try:
-        return runner.build(top, "pe_top", tag=tag)
-    finally:
-        if saved is None:
-            del os.environ["MAKEFLAGS"]
-        else:
-            os.environ["MAKEFLAGS"] = saved
+    return runner.build(pe_verilog(cfg), "pe_top", tag=tag)
 
 
 def config_params(cfg: PEConfig) -> dict:
