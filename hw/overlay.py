@@ -124,88 +124,75 @@ def _dma_error(code):
                    Mux(code != 0, isa.ErrorCode.HBM_RANGE, isa.ErrorCode.NONE)))
 
 
-class ReadArbiter(wiring.Component):
+class _LockingArbiter(wiring.Component):
+    """Fixed-priority arbiter of ``n`` DMA clients onto one DMA, locked per command.
+
+    The lowest-numbered client with a command wins; it owns the DMA (data and completion) from
+    the accepted command until the completion is taken. Subclasses say which way data flows.
+    """
+
+    def __init__(self, client_signature, n: int):
+        self.n = n
+        super().__init__({
+            "clients": In(client_signature).array(n),
+            "dma": Out(client_signature),
+        })
+
+    def _connect_data(self, c, locked):
+        raise NotImplementedError  # pragma: no cover - each subclass names its data direction
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.n
+        locked = Signal()
+        owner = Signal(range(max(n, 2)))
+        sel = Signal(range(max(n, 2)))
+        for i in reversed(range(n)):
+            with m.If(self.clients[i].cmd.valid):
+                m.d.comb += sel.eq(i)
+        cur = Mux(locked, owner, sel)
+        with m.Switch(cur):
+            for i in range(n):
+                with m.Case(i):
+                    c = self.clients[i]
+                    m.d.comb += [
+                        self.dma.cmd.valid.eq(~locked & c.cmd.valid),
+                        self.dma.cmd.payload.eq(c.cmd.payload),
+                        c.cmd.ready.eq(~locked & self.dma.cmd.ready),
+                        *self._connect_data(c, locked),
+                        c.done.valid.eq(locked & self.dma.done.valid),
+                        c.done.payload.eq(self.dma.done.payload),
+                        self.dma.done.ready.eq(locked & c.done.ready),
+                    ]
+        with m.If(self.dma.cmd.valid & self.dma.cmd.ready):
+            m.d.sync += [locked.eq(1), owner.eq(sel)]
+        with m.If(self.dma.done.valid & self.dma.done.ready):
+            m.d.sync += locked.eq(0)
+        return m
+
+
+class ReadArbiter(_LockingArbiter):
     """Fixed-priority arbiter of ``n`` read-DMA clients onto one ReadDMA (lock per command)."""
 
     def __init__(self, p: DmaParams, n: int):
-        self.n = n
-        super().__init__({
-            "clients": In(DmaReadClientSignature(p)).array(n),
-            "dma": Out(DmaReadClientSignature(p)),
-        })
+        super().__init__(DmaReadClientSignature(p), n)
 
-    def elaborate(self, platform):
-        m = Module()
-        n = self.n
-        locked = Signal()
-        owner = Signal(range(max(n, 2)))
-        sel = Signal(range(max(n, 2)))
-        for i in reversed(range(n)):
-            with m.If(self.clients[i].cmd.valid):
-                m.d.comb += sel.eq(i)
-        cur = Mux(locked, owner, sel)
-        with m.Switch(cur):
-            for i in range(n):
-                with m.Case(i):
-                    c = self.clients[i]
-                    m.d.comb += [
-                        self.dma.cmd.valid.eq(~locked & c.cmd.valid),
-                        self.dma.cmd.payload.eq(c.cmd.payload),
-                        c.cmd.ready.eq(~locked & self.dma.cmd.ready),
-                        c.data.valid.eq(locked & self.dma.data.valid),
-                        c.data.payload.eq(self.dma.data.payload),
-                        self.dma.data.ready.eq(locked & c.data.ready),
-                        c.done.valid.eq(locked & self.dma.done.valid),
-                        c.done.payload.eq(self.dma.done.payload),
-                        self.dma.done.ready.eq(locked & c.done.ready),
-                    ]
-        with m.If(self.dma.cmd.valid & self.dma.cmd.ready):
-            m.d.sync += [locked.eq(1), owner.eq(sel)]
-        with m.If(self.dma.done.valid & self.dma.done.ready):
-            m.d.sync += locked.eq(0)
-        return m
+    def _connect_data(self, c, locked):
+        return [c.data.valid.eq(locked & self.dma.data.valid),
+                c.data.payload.eq(self.dma.data.payload),
+                self.dma.data.ready.eq(locked & c.data.ready)]
 
 
-class WriteArbiter(wiring.Component):
+class WriteArbiter(_LockingArbiter):
     """Fixed-priority arbiter of ``n`` write-DMA clients onto one WriteDMA (lock per command)."""
 
     def __init__(self, p: DmaParams, n: int):
-        self.n = n
-        super().__init__({
-            "clients": In(DmaWriteClientSignature(p)).array(n),
-            "dma": Out(DmaWriteClientSignature(p)),
-        })
+        super().__init__(DmaWriteClientSignature(p), n)
 
-    def elaborate(self, platform):
-        m = Module()
-        n = self.n
-        locked = Signal()
-        owner = Signal(range(max(n, 2)))
-        sel = Signal(range(max(n, 2)))
-        for i in reversed(range(n)):
-            with m.If(self.clients[i].cmd.valid):
-                m.d.comb += sel.eq(i)
-        cur = Mux(locked, owner, sel)
-        with m.Switch(cur):
-            for i in range(n):
-                with m.Case(i):
-                    c = self.clients[i]
-                    m.d.comb += [
-                        self.dma.cmd.valid.eq(~locked & c.cmd.valid),
-                        self.dma.cmd.payload.eq(c.cmd.payload),
-                        c.cmd.ready.eq(~locked & self.dma.cmd.ready),
-                        self.dma.data.valid.eq(locked & c.data.valid),
-                        self.dma.data.payload.eq(c.data.payload),
-                        c.data.ready.eq(locked & self.dma.data.ready),
-                        c.done.valid.eq(locked & self.dma.done.valid),
-                        c.done.payload.eq(self.dma.done.payload),
-                        self.dma.done.ready.eq(locked & c.done.ready),
-                    ]
-        with m.If(self.dma.cmd.valid & self.dma.cmd.ready):
-            m.d.sync += [locked.eq(1), owner.eq(sel)]
-        with m.If(self.dma.done.valid & self.dma.done.ready):
-            m.d.sync += locked.eq(0)
-        return m
+    def _connect_data(self, c, locked):
+        return [self.dma.data.valid.eq(locked & c.data.valid),
+                self.dma.data.payload.eq(c.data.payload),
+                c.data.ready.eq(locked & self.dma.data.ready)]
 
 
 class _Sel:
