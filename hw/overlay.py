@@ -128,18 +128,23 @@ class _LockingArbiter(wiring.Component):
     """Fixed-priority arbiter of ``n`` DMA clients onto one DMA, locked per command.
 
     The lowest-numbered client with a command wins; it owns the DMA (data and completion) from
-    the accepted command until the completion is taken. Subclasses say which way data flows.
+    the accepted command until the completion is taken. ``reads`` says which way data flows:
+    from the DMA to the clients (read DMA) or from the clients to the DMA (write DMA).
     """
 
-    def __init__(self, client_signature, n: int):
+    def __init__(self, client_signature, n: int, *, reads: bool):
         self.n = n
+        self.reads = reads
         super().__init__({
             "clients": In(client_signature).array(n),
             "dma": Out(client_signature),
         })
 
     def _connect_data(self, c, locked):
-        raise NotImplementedError  # pragma: no cover - each subclass names its data direction
+        src, dst = (self.dma, c) if self.reads else (c, self.dma)
+        return [dst.data.valid.eq(locked & src.data.valid),
+                dst.data.payload.eq(src.data.payload),
+                src.data.ready.eq(locked & dst.data.ready)]
 
     def elaborate(self, platform):
         m = Module()
@@ -175,24 +180,14 @@ class ReadArbiter(_LockingArbiter):
     """Fixed-priority arbiter of ``n`` read-DMA clients onto one ReadDMA (lock per command)."""
 
     def __init__(self, p: DmaParams, n: int):
-        super().__init__(DmaReadClientSignature(p), n)
-
-    def _connect_data(self, c, locked):
-        return [c.data.valid.eq(locked & self.dma.data.valid),
-                c.data.payload.eq(self.dma.data.payload),
-                self.dma.data.ready.eq(locked & c.data.ready)]
+        super().__init__(DmaReadClientSignature(p), n, reads=True)
 
 
 class WriteArbiter(_LockingArbiter):
     """Fixed-priority arbiter of ``n`` write-DMA clients onto one WriteDMA (lock per command)."""
 
     def __init__(self, p: DmaParams, n: int):
-        super().__init__(DmaWriteClientSignature(p), n)
-
-    def _connect_data(self, c, locked):
-        return [self.dma.data.valid.eq(locked & c.data.valid),
-                self.dma.data.payload.eq(c.data.payload),
-                c.data.ready.eq(locked & self.dma.data.ready)]
+        super().__init__(DmaWriteClientSignature(p), n, reads=False)
 
 
 class _Sel:

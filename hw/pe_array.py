@@ -357,7 +357,8 @@ class PEConfig:
     primitive_dsp : bool
         Build the slices as ``Instance("DSP48E2"/"DSP58")`` for synthesis (not simulatable here;
         see :class:`ternopu.hw.dsp.DSPSlice`). On silicon the cascade would use PCOUT -> PCIN
-        routing; the wrapper feeds PCIN from the previous slice's P (a synthesis TODO).
+        routing; this wrapper feeds PCIN from the previous slice's P through fabric instead
+        (a known limitation of the primitive option, not yet using the dedicated cascade).
 
     Raises
     ------
