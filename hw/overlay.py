@@ -28,7 +28,10 @@ The overlay wires its members by name:
 * ``mask: Out(MaskWriteSignature())`` -- optional: routing-bitmask writes (ROUTER).
 * ``bitmask: In(512)`` -- optional: the routing bitmask (KV_PREFETCH).
 * ``sp_w: Out(ScratchWriteSignature(ctx))`` / ``sp_r: Out(ScratchReadSignature(ctx))`` --
-  optional: a write / read port of the on-chip scratchpad (buffers 0..7).
+  optional: write / read ports of the on-chip scratchpad (buffers 0..7), a single port or an
+  ``.array(n)``; request/grant protocol in :mod:`ternopu.hw.scratchpad`.
+* ``hist_w`` / ``hist_r`` -- optional, same signatures sized ``ctx.hist_words``: ports of the KV
+  history buffer (KV_PREFETCH writes it, PE_ATTN reads it).
 
 Every slot is reset by the controller's ``unit_reset`` pulse (drain timeout). Arbitration per HBM
 port is fixed priority in client order: fetch (port 0 reads only), LD, then TLMM, PE, NPE slots in
@@ -51,8 +54,10 @@ after the burst in flight.
 Scratchpad
 ----------
 :data:`ternopu.hw.isa.NUM_BUFFERS` buffers of ``buf_words`` 32-byte words, buffer ``b`` word ``w``
-at index ``b*buf_words + w``; one synchronous write port (LD) and one asynchronous read port (ST).
-It is a placeholder for the real buffer system (sizes here are for tests).
+at index ``b*buf_words + w``: a :class:`ternopu.hw.scratchpad.BankedMemory` with one bank per
+buffer (one read and one write per buffer per cycle, fixed priority in slot order), so units that
+work on different buffers never wait for each other. The KV history buffer is a second, one-bank
+BankedMemory of ``hist_words`` words.
 
 Performance counters
 --------------------
@@ -66,7 +71,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth import Module, Mux, ResetInserter, Signal, unsigned
-from amaranth.lib import memory, wiring
+from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from ternopu.golden.errors import ConfigError
@@ -78,6 +83,7 @@ from .controller import FETCH_DEPTH, QUEUE_DEPTH, Controller
 from .csr import COUNTERS, CSR_ADDR_BITS, CSRBlock
 from .dma import DMA_ERR_DECERR, DMA_ERR_RANGE, DMA_ERR_SLVERR, DmaParams, DmaPort
 from .overlay_config import OverlayConfig
+from .scratchpad import BankedMemory, ScratchReadSignature, ScratchWriteSignature
 from .unit_port import (ENGINE_UNITS, DmaReadClientSignature, DmaWriteClientSignature, StubUnit,
                         UnitPortSignature)
 
@@ -86,6 +92,8 @@ __all__ = ["SlotContext", "ScratchWriteSignature", "ScratchReadSignature", "Read
 
 #: Default scratch buffer size in 32-byte words (per buffer).
 BUF_WORDS = 64
+#: Words of the STORE unit's read-ahead FIFO (covers the scratch read latency at one beat/cycle).
+_STORE_FIFO = 4
 #: Default stub timing (lo, span) of the engine slots that are still stubs.
 DEFAULT_STUBS = {isa.Unit.TLMM: (8, 8), isa.Unit.PE: (6, 4), isa.Unit.NPE: (4, 4)}
 
@@ -97,24 +105,11 @@ class SlotContext:
     dma: DmaParams
     ports: int
     buf_words: int
+    hist_words: int = 0
 
     @property
     def sp_words(self) -> int:
         return isa.NUM_BUFFERS * self.buf_words
-
-
-class ScratchWriteSignature(wiring.Signature):
-    """Scratchpad write port, writer's view: ``en``, ``addr`` (word index), ``data`` (256 bits)."""
-
-    def __init__(self, ctx: SlotContext):
-        super().__init__({"en": Out(1), "addr": Out(range(ctx.sp_words)), "data": Out(isa.INSTR_BITS)})
-
-
-class ScratchReadSignature(wiring.Signature):
-    """Scratchpad read port, reader's view: ``addr`` out, ``data`` in (same cycle)."""
-
-    def __init__(self, ctx: SlotContext):
-        super().__init__({"addr": Out(range(ctx.sp_words)), "data": In(isa.INSTR_BITS)})
 
 
 def _dma_error(code):
@@ -257,8 +252,11 @@ class LoadUnit(wiring.Component):
         w.elab_comb(m)
         rd = self.rd
         # idle / not addressed clients swallow stray data and completions (after unit_reset)
+        in_data = Signal()
         for q in range(ctx.ports):
-            m.d.comb += [rd[q].data.ready.eq(1), rd[q].done.ready.eq(1)]
+            # the current port's beats wait for the scratch grant; stray beats are swallowed
+            m.d.comb += [rd[q].data.ready.eq(~in_data | (w.port != q) | self.sp_w.gnt),
+                         rd[q].done.ready.eq(1)]
         cur_data = _Sel(m, w.port, [rd[q].data.valid for q in range(ctx.ports)],
                         [rd[q].data.payload.data for q in range(ctx.ports)], isa.INSTR_BITS)
         cur_done = _Sel(m, w.port, [rd[q].done.valid for q in range(ctx.ports)],
@@ -295,8 +293,9 @@ class LoadUnit(wiring.Component):
                                 m.d.comb += ctl.progress.eq(1)
                                 m.next = "DATA"
             with m.State("DATA"):
-                with m.If(cur_data.valid):
-                    m.d.comb += [self.sp_w.en.eq(1), ctl.progress.eq(1)]
+                m.d.comb += [in_data.eq(1), self.sp_w.req.eq(cur_data.valid)]
+                with m.If(self.sp_w.req & self.sp_w.gnt):
+                    m.d.comb += ctl.progress.eq(1)
                     m.d.sync += w.sp.eq(w.sp + 1)
                 with m.If(cur_done.valid):
                     m.d.comb += ctl.progress.eq(1)
@@ -330,12 +329,16 @@ class StoreUnit(wiring.Component):
         w = _BurstWalker(ctx)
         w.elab_comb(m)
         wr = self.wr
-        sent = Signal(9)
+        asked = Signal(9)       # scratch reads issued for the current burst
+        inflight = Signal()     # a read accepted last cycle (its word arrives now)
+        m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=isa.INSTR_BITS, depth=_STORE_FIFO)
         for q in range(ctx.ports):
             m.d.comb += wr[q].done.ready.eq(1)
         cur_done = _Sel(m, w.port, [wr[q].done.valid for q in range(ctx.ports)],
                         [wr[q].done.payload for q in range(ctx.ports)], 3)
-        m.d.comb += self.sp_r.addr.eq(w.sp)
+        m.d.comb += [self.sp_r.addr.eq(w.sp),
+                     buf.w_en.eq(self.sp_r.rvalid), buf.w_data.eq(self.sp_r.data)]
+        m.d.sync += inflight.eq(self.sp_r.req & self.sp_r.gnt)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += ctl.cmd.ready.eq(1)
@@ -350,7 +353,7 @@ class StoreUnit(wiring.Component):
                     with m.Else():
                         m.next = "ISSUE"
             with m.State("ISSUE"):
-                m.d.sync += sent.eq(0)
+                m.d.sync += asked.eq(0)
                 with m.If(ctl.abort | (w.left == 0)):
                     m.next = "DONE"
                 with m.Elif(w.out_of_range()):
@@ -367,13 +370,16 @@ class StoreUnit(wiring.Component):
                                 m.d.comb += ctl.progress.eq(1)
                                 m.next = "DATA"
             with m.State("DATA"):
+                m.d.comb += self.sp_r.req.eq((asked != w.blen) & (buf.level + inflight < _STORE_FIFO))
+                with m.If(self.sp_r.req & self.sp_r.gnt):
+                    m.d.sync += [asked.eq(asked + 1), w.sp.eq(w.sp + 1)]
                 for q in range(ctx.ports):
                     with m.If(w.port == q):
-                        m.d.comb += [wr[q].data.valid.eq(sent != w.blen),
-                                     wr[q].data.payload.eq(self.sp_r.data)]
+                        m.d.comb += [wr[q].data.valid.eq(buf.r_rdy),
+                                     wr[q].data.payload.eq(buf.r_data),
+                                     buf.r_en.eq(wr[q].data.ready)]
                         with m.If(wr[q].data.valid & wr[q].data.ready):
                             m.d.comb += ctl.progress.eq(1)
-                            m.d.sync += [sent.eq(sent + 1), w.sp.eq(w.sp + 1)]
                 with m.If(cur_done.valid):
                     m.d.comb += ctl.progress.eq(1)
                     with m.If(cur_done.payload != 0):
@@ -409,7 +415,10 @@ class Overlay(wiring.Component):
     queue_depth, fetch_depth : int
         Controller queue / instruction-FIFO depths.
     buf_words : int
-        Scratch buffer size in 32-byte words.
+        Scratch buffer size in 32-byte words (a power of two: one memory bank per buffer).
+    hist_words : int
+        KV history buffer size in 32-byte words (0: none; a unit with ``hist_r`` / ``hist_w``
+        ports needs it).
     units : dict[Unit, factory], optional
         Replacement unit slots (see module docstring); defaults: LoadUnit, StoreUnit and stubs
         with :data:`DEFAULT_STUBS` timing (``stubs`` overrides it).
@@ -425,7 +434,7 @@ class Overlay(wiring.Component):
 
     def __init__(self, config: OverlayConfig | None = None, *, hbm_bytes: int | None = None,
                  queue_depth: int = QUEUE_DEPTH, fetch_depth: int = FETCH_DEPTH,
-                 buf_words: int = BUF_WORDS, units=None, stubs=None, max_burst: int = 64,
+                 buf_words: int = BUF_WORDS, hist_words: int = 0, units=None, stubs=None, max_burst: int = 64,
                  max_outstanding: int = 8):
         config = config if config is not None else OverlayConfig()
         if config.axi_data_bits != isa.INSTR_BITS:
@@ -434,14 +443,19 @@ class Overlay(wiring.Component):
                               f"{config.axi_data_bits}")
         if hbm_bytes is None:
             hbm_bytes = min(config.board_info.hbm_bytes_per_channel, 1 << config.axi_addr_bits)
-        if not isinstance(buf_words, int) or not 1 <= buf_words <= (1 << isa.BUF_OFFSET_BITS) // isa.BUS_BYTES:
-            raise ConfigError(f"buf_words must be in [1, {(1 << isa.BUF_OFFSET_BITS) // isa.BUS_BYTES}], "
-                              f"got {buf_words!r}")
+        max_words = (1 << isa.BUF_OFFSET_BITS) // isa.BUS_BYTES
+        if not isinstance(buf_words, int) or not 1 <= buf_words <= max_words or buf_words & (buf_words - 1):
+            raise ConfigError(f"buf_words must be a power of two in [1, {max_words}] (one memory bank "
+                              f"per buffer), got {buf_words!r}")
+        if not isinstance(hist_words, int) or hist_words < 0 or hist_words & (hist_words - 1) \
+                or hist_words > 1 << (isa.HIST_OFFSET_BITS - 5):
+            raise ConfigError(f"hist_words must be 0 or a power of two up to {1 << (isa.HIST_OFFSET_BITS - 5)}, "
+                              f"got {hist_words!r}")
         self.config = config
         self.dma = DmaParams(data_width=isa.INSTR_BITS, addr_width=config.axi_addr_bits,
                              mem_bytes=hbm_bytes, max_burst=max_burst,
                              max_outstanding=max_outstanding)
-        self.ctx = SlotContext(self.dma, config.hbm_ports, buf_words)
+        self.ctx = SlotContext(self.dma, config.hbm_ports, buf_words, hist_words)
         self.queue_depth, self.fetch_depth = queue_depth, fetch_depth
         stubs = {**DEFAULT_STUBS, **(stubs or {})}
         factories = {
@@ -479,15 +493,10 @@ class Overlay(wiring.Component):
             self.interrupt.eq(csr.irq),
         ]
 
-        # ---- scratchpad
-        m.submodules.scratch = sp = memory.Memory(shape=unsigned(isa.INSTR_BITS),
-                                                  depth=ctx.sp_words, init=[])
-        sp_wp = sp.write_port()
-        sp_rp = sp.read_port(domain="comb")
-
         # ---- unit slots
         rd_clients = [[ctrl.fetch] if k == 0 else [] for k in range(cfg.hbm_ports)]
         wr_clients = [[] for _ in range(cfg.hbm_ports)]
+        mem_clients = {name: [] for name in ("sp_r", "sp_w", "hist_r", "hist_w")}
         for i, u in enumerate(ENGINE_UNITS):
             slot = self.slots[u]
             m.submodules[f"unit_{u.name.lower()}"] = ResetInserter(ctrl.unit_reset)(slot)
@@ -503,11 +512,18 @@ class Overlay(wiring.Component):
                 wiring.connect(m, slot.mask, ctrl.mask)
             if "bitmask" in members:
                 m.d.comb += slot.bitmask.eq(ctrl.bitmask)
-            if "sp_w" in members:
-                m.d.comb += [sp_wp.en.eq(slot.sp_w.en), sp_wp.addr.eq(slot.sp_w.addr),
-                             sp_wp.data.eq(slot.sp_w.data)]
-            if "sp_r" in members:
-                m.d.comb += [sp_rp.addr.eq(slot.sp_r.addr), slot.sp_r.data.eq(sp_rp.data)]
+            for name, clients in mem_clients.items():
+                if name in members:
+                    ports = getattr(slot, name)
+                    clients.extend(ports if members[name].dimensions else [ports])
+
+        # ---- on-chip memories: scratchpad (one bank per buffer) and KV history buffer
+        self._memory(m, "scratch", isa.NUM_BUFFERS, ctx.buf_words, mem_clients["sp_r"], mem_clients["sp_w"])
+        if mem_clients["hist_r"] or mem_clients["hist_w"]:
+            if not ctx.hist_words:
+                raise ConfigError("a unit uses the KV history buffer (hist_r / hist_w) but the overlay "
+                                  "was built with hist_words=0")
+            self._memory(m, "kv_history", 1, ctx.hist_words, mem_clients["hist_r"], mem_clients["hist_w"])
 
         # ---- HBM ports: DMA + arbiters + byte counters
         bb = self.dma.beat_bytes
@@ -529,6 +545,15 @@ class Overlay(wiring.Component):
             m.d.comb += [inc[names.index(f"{u.name}_BUSY")].eq(ctrl.cnt_busy[int(u)]),
                          inc[names.index(f"{u.name}_STALL")].eq(ctrl.cnt_stall[int(u)])]
         return m
+
+    @staticmethod
+    def _memory(m, name, banks, bank_words, readers, writers):
+        """Instantiate a :class:`BankedMemory` for the given client ports (priority = list order)."""
+        m.submodules[name] = mem = BankedMemory(banks, bank_words, len(readers), len(writers))
+        for port, client in zip(mem.r, readers):
+            wiring.connect(m, client, port)
+        for port, client in zip(mem.w, writers):
+            wiring.connect(m, client, port)
 
     def _attach(self, m, name, arbiter_cls, clients, port, kind):
         """Connect ``clients`` to the port's read or write DMA through an arbiter (or tie off)."""
