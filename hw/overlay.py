@@ -106,6 +106,9 @@ class SlotContext:
     ports: int
     buf_words: int
     hist_words: int = 0
+    #: Bytes of one HBM pseudo-channel: channel ``k`` holds global addresses
+    #: ``[k * channel_bytes, (k + 1) * channel_bytes)``.
+    channel_bytes: int = 256 << 20
 
     @property
     def sp_words(self) -> int:
@@ -410,8 +413,12 @@ class Overlay(wiring.Component):
         Board-level parameters (``axi_data_bits`` must be 256: one instruction / one 32-byte ISA
         beat per bus word).
     hbm_bytes : int
-        Bytes of HBM behind each port that the DMAs may address (range check), default the
-        board's pseudo-channel size.
+        Bytes of one HBM pseudo-channel (a power of two; default the board's, 256 MiB on the
+        U280). Addresses on every AXI port are *global*: channel ``k`` occupies
+        ``[k * hbm_bytes, (k + 1) * hbm_bytes)``, as in the U280's HBM address map and the
+        compiler's layout; the DMAs reject accesses beyond the ``hbm_ports`` channels present
+        (``HBM_RANGE``). Which channels a port can reach is the platform's business (the U280's
+        AXI switch reaches all; the compiler streams channel ``k`` through port ``k``).
     queue_depth, fetch_depth : int
         Controller queue / instruction-FIFO depths.
     buf_words : int
@@ -452,10 +459,14 @@ class Overlay(wiring.Component):
             raise ConfigError(f"hist_words must be 0 or a power of two up to {1 << (isa.HIST_OFFSET_BITS - 5)}, "
                               f"got {hist_words!r}")
         self.config = config
+        if not isinstance(hbm_bytes, int) or hbm_bytes < isa.BUS_BYTES or hbm_bytes & (hbm_bytes - 1):
+            raise ConfigError(f"hbm_bytes (bytes per pseudo-channel) must be a power of two >= "
+                              f"{isa.BUS_BYTES}, got {hbm_bytes!r}")
         self.dma = DmaParams(data_width=isa.INSTR_BITS, addr_width=config.axi_addr_bits,
-                             mem_bytes=hbm_bytes, max_burst=max_burst,
+                             mem_bytes=min(hbm_bytes * config.hbm_ports, 1 << config.axi_addr_bits),
+                             max_burst=max_burst,
                              max_outstanding=max_outstanding)
-        self.ctx = SlotContext(self.dma, config.hbm_ports, buf_words, hist_words)
+        self.ctx = SlotContext(self.dma, config.hbm_ports, buf_words, hist_words, hbm_bytes)
         self.queue_depth, self.fetch_depth = queue_depth, fetch_depth
         stubs = {**DEFAULT_STUBS, **(stubs or {})}
         factories = {

@@ -184,7 +184,7 @@ def _mux_interface(m, owner, outer, subs):
     outer_leaves = list(outer.signature.flatten(outer))
     for i, port in subs:
         for (path, flow, o_val), (_, _, s_val) in zip(outer_leaves, port.signature.flatten(port)):
-            if flow == wiring.Out:
+            if flow.flow == wiring.Flow.Out:
                 with m.If(owner == i):
                     m.d.comb += o_val.eq(s_val)
             else:

@@ -90,12 +90,27 @@ class OverlayBench(wiring.Component):
             hbm = HbmModel(self.depth, data_width=256, read_latency=self.read_latency, rate=(1, 1),
                            slverr_range=((self.depth - self.slverr_words) * bb, self.depth * bb))
             m.submodules[f"hbm{k:02d}"] = hbm
-            wiring.connect(m, getattr(ov, name), hbm.axi)
+            _connect_channel(m, getattr(ov, name), hbm.axi, k * self.depth * bb)
             m.d.comb += [hbm.host.addr.eq(self.host_addr), hbm.host.wdata.eq(self.host_wdata),
                          hbm.host.we.eq(self.host_we & (self.host_sel == k))]
             rdata = Mux(self.host_sel == k, hbm.host.rdata, rdata)
         m.d.comb += self.host_rdata.eq(rdata)
         return m
+
+
+def _connect_channel(m, master, slave, base):
+    """Connect an overlay port to the model of its own pseudo-channel at global address ``base``.
+
+    AXI addresses are global (channel ``k`` at ``k * channel_bytes``, as the U280's HBM address
+    map); the bench wires port ``k`` to channel ``k`` only (no switch), so an access through port
+    ``k`` outside channel ``k`` lands beyond the model's depth and answers DECERR.
+    """
+    for (path, flow, mv), (_, _, sv) in zip(master.signature.flatten(master), slave.signature.flatten(slave)):
+        src, dst = (mv, sv) if flow.flow == wiring.Flow.Out else (sv, mv)
+        if path[-1] == "addr" and path[0] in ("ar", "aw"):
+            m.d.comb += dst.eq((src - base)[:len(dst)])
+        else:
+            m.d.comb += dst.eq(src)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,17 +277,18 @@ if cocotb is not None:
         prog = asm.assemble()
         return [int.from_bytes(prog[i:i + 32], "little") for i in range(0, len(prog), 32)]
 
-    def _normal_program(n_tiles: int = 2):
-        """LOAD 2 bursts x 4 beats striped over ports 0/1 -> buffer 0; TLMM; STORE -> port 1."""
+    def _normal_program(chan: int, n_tiles: int = 2):
+        """LOAD 2 bursts x 4 beats striped over ports 0/1 (channels 0/1, ``chan`` bytes each) ->
+        buffer 0; TLMM; STORE -> port 1."""
         a = isa.Assembler()
         for t in range(n_tiles):
             # buffer t % 2 is reused by tile t + 2: its LOAD waits for tile t's STORE
             a.emit("LOAD", hbm_addr=0x4000 + 0x100 * t, port=0, nports=2, bursts=2, burst_len=4,
-                   stride=0x80, dst_buf=t % 2, dst_off=0, release="TLMM",
+                   stride=chan + 0x80, dst_buf=t % 2, dst_off=0, release="TLMM",
                    wait="ST" if t >= 2 else 0)
             a.emit("TLMM", rows=1, cols=1, g127=isa.f32_bits(1.0), src_buf=t % 2, wait="LD",
                    release="ST")
-            a.emit("STORE", hbm_addr=0x6000 + 0x100 * t, port=1, nports=1, bursts=1, burst_len=8,
+            a.emit("STORE", hbm_addr=chan + 0x6000 + 0x100 * t, port=1, nports=1, bursts=1, burst_len=8,
                    stride=0, src_buf=t % 2, src_off=0, wait="TLMM",
                    release="LD" if t + 2 < n_tiles else 0)
         a.emit("ROUTER", layer=1, block=isa.Block.ATTN, dim=1, threshold=isa.f32_bits(1.0),
@@ -317,7 +333,7 @@ if cocotb is not None:
         tb = TB(dut)
         await tb.reset()
         await _fill_data(tb)
-        words = _normal_program()
+        words = _normal_program(tb.p["depth"] * 32)
         res = await tb.run(words)
         c = await _check_normal(tb, res, words)
         dut._log.info(f"normal program: {res['cycles']} cycles, counters {c}")
@@ -357,7 +373,8 @@ if cocotb is not None:
         tb = TB(dut)
         await tb.reset()
         p = tb.p
-        hbm_bytes = p["depth"] * 32
+        hbm_bytes = p["depth"] * 32            # one channel; channel k at k * hbm_bytes
+        total = hbm_bytes * p["ports"]
         end = isa.encode(isa.Instruction.make("END"))
         nop = isa.encode(isa.Instruction.make("NOP"))
 
@@ -367,12 +384,13 @@ if cocotb is not None:
             return [nop, isa.encode(isa.Instruction.make(op, **base)), end]
 
         cases = [
-            (one("LOAD", hbm_addr=hbm_bytes), isa.ErrorCode.HBM_RANGE, 1),
-            (one("LOAD", hbm_addr=hbm_bytes - 64, burst_len=3), isa.ErrorCode.HBM_RANGE, 1),
+            (one("LOAD", hbm_addr=total), isa.ErrorCode.HBM_RANGE, 1),
+            (one("LOAD", hbm_addr=total - 64, port=p["ports"] - 1, burst_len=3), isa.ErrorCode.HBM_RANGE, 1),
             (one("STORE", hbm_addr=0x100, port=p["ports"]), isa.ErrorCode.HBM_RANGE, 1),
-            (one("LOAD", hbm_addr=0x100, bursts=3, stride=hbm_bytes // 2), isa.ErrorCode.HBM_RANGE, 1),
+            (one("LOAD", hbm_addr=0x100, nports=2, bursts=3, stride=hbm_bytes), isa.ErrorCode.HBM_RANGE, 1),
             (one("LOAD", hbm_addr=hbm_bytes - 32), isa.ErrorCode.AXI_RESP, 1),          # SLVERR
-            (one("STORE", hbm_addr=hbm_bytes - 64, port=1), isa.ErrorCode.AXI_RESP, 1),
+            (one("STORE", hbm_addr=2 * hbm_bytes - 64, port=1), isa.ErrorCode.AXI_RESP, 1),
+            (one("LOAD", hbm_addr=hbm_bytes, port=0), isa.ErrorCode.AXI_RESP, 1),       # not on port 0
             (one("LOAD", dst_off=32 * p["buf_words"]), isa.ErrorCode.BUF_RANGE, 1),
             (one("STORE", burst_len=p["buf_words"] + 1), isa.ErrorCode.BUF_RANGE, 1),
         ]
@@ -380,7 +398,7 @@ if cocotb is not None:
             res = await tb.run(words)
             assert res["error"] and (res["code"], res["pc"]) == (code, pc), (code, res)
         # program outside HBM (its first chunk ends beyond the model) and misaligned base
-        res = await tb.run([nop, end], base=hbm_bytes - 32, prog_len=20, load=False)
+        res = await tb.run([nop, end], base=total - 32, prog_len=20, load=False)
         assert (res["code"], res["pc"]) == (isa.ErrorCode.HBM_RANGE, 0), res
         res = await tb.run([end], base=16, load=False)
         assert (res["code"], res["pc"]) == (isa.ErrorCode.PROG_ALIGN, 0), res
@@ -388,7 +406,7 @@ if cocotb is not None:
         assert (res["code"], res["pc"]) == (isa.ErrorCode.HBM_RANGE, 0), res
         # the machine still works
         await _fill_data(tb)
-        words = _normal_program()
+        words = _normal_program(tb.p["depth"] * 32)
         await _check_normal(tb, await tb.run(words), words)
 
     @cocotb.test()
@@ -396,7 +414,7 @@ if cocotb is not None:
         tb = TB(dut)
         await tb.reset()
         await _fill_data(tb)
-        words = _normal_program(n_tiles=6)
+        words = _normal_program(tb.p["depth"] * 32, n_tiles=6)
         first = await tb.run(words)
         ref = await _check_normal(tb, first, words, n_tiles=6)
         # start again and soft-reset in the middle of the layer
