@@ -7,10 +7,16 @@ emits the others as ``assign alias = net;`` copies that nothing reads. Verilator
 copy as UNUSEDSIGNAL although the net itself is used. Such a warning is a property of the Verilog
 backend, not of the design.
 
+Constants: Amaranth propagates a constant-driven signal into its readers (a DMA command's fixed
+AXI ``burst`` field, a memory read port's ``en`` tied high, the zero padding of a wide shift
+operand), so its name is left behind as ``assign name = 2'h1;`` or ``assign name = {5'h00, net};``
+with no reader in the Verilog even where the Amaranth design reads it. Such a wire computes
+nothing, so it is an alias as well.
+
 What is marked: a wire is marked only if (1) its single assignment is
-``assign NAME = RHS;`` with RHS a plain net, a constant bit/part-select of one, or a
-concatenation of those (no operators: nothing is computed), and (2) the name occurs nowhere else
-in its module besides its declaration and that assignment. The declaration is then wrapped in
+``assign NAME = RHS;`` with RHS a plain net, a constant bit/part-select of one, a sized literal,
+or a concatenation of those (no operators: nothing is computed), and (2) the name occurs nowhere
+else in its module besides its declaration and that assignment. The declaration is then wrapped in
 ``/* verilator lint_off UNUSEDSIGNAL */ ... /* verilator lint_on UNUSEDSIGNAL */``. A named signal
 that is *computed* and never read still warns (tests/fpga/test_flows.py checks both cases).
 """
@@ -29,7 +35,10 @@ LINT_ON = "/* verilator lint_on UNUSEDSIGNAL */"
 _IDENT = r"(?:\\\S+\s|[A-Za-z_][A-Za-z0-9_$]*)"
 _SELECT = r"(?:\s*\[\d+(?::\d+)?\])?"
 _NET = rf"{_IDENT}{_SELECT}"
-_PLAIN_RHS = re.compile(rf"^\s*(?:{_NET}|\{{\s*{_NET}(?:\s*,\s*{_NET})*\s*\}})\s*$")
+# A sized literal (`2'h1`, `5'h00`): a constant drives no logic.
+_CONST = r"\d+'[bodhBODH][0-9a-fA-F_]+"
+_PART = rf"(?:{_NET}|{_CONST})"
+_PLAIN_RHS = re.compile(rf"^\s*(?:{_PART}|\{{\s*{_PART}(?:\s*,\s*{_PART})*\s*\}})\s*$")
 _ASSIGN = re.compile(rf"^\s*assign\s+({_IDENT})\s*=\s*(.*?);\s*$")
 _WIRE_DECL = re.compile(rf"^\s*wire\s+(?:signed\s+)?(?:\[\d+:\d+\]\s+)?({_IDENT})\s*;\s*$")
 _TOKEN = re.compile(r"\\\S+|[A-Za-z_][A-Za-z0-9_$]*")

@@ -11,13 +11,21 @@ for UltraScale+: these are estimates, not Vivado results.
 
 Output: a printed table and ``build/reports/synth_estimate.json``.
 
-Usage: ``python -m ternopu.fpga_builds.synth_estimate [UNIT ...]``
+Budgets (the command exits 1 when one is exceeded): every unit within its own LUT budget
+(``Unit.lut_budget`` of the U280, default 50%), and, when every unit of
+:data:`~ternopu.fpga_builds.units.DEFAULT_DESIGN` was synthesized in the run (``FULL=1``), their
+LUT sum -- the default U280 configuration -- within
+:data:`~ternopu.fpga_builds.units.DESIGN_LUT_BUDGET` (50%) of the U280's LUTs.
+
+Usage: ``python -m ternopu.fpga_builds.synth_estimate [--full] [UNIT ...]`` (default: the CI set;
+``--full`` or ``FULL=1``: the full set of default configurations)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .units import UNITS, Unit, verilog_for
+from .units import DEFAULT_DESIGN, DESIGN_LUT_BUDGET, UNITS, Unit, overlay_slots, verilog_for
 
 REPORT = Path("build/reports/synth_estimate.json")
 
@@ -93,10 +101,22 @@ def _is_sequential(ctype: str) -> bool:
 def logic_depth(netlist: dict, top: str) -> dict:
     """Deepest combinational path of a flattened Yosys JSON netlist.
 
-    Returns ``{"lut_levels": int, "carry_cells_on_path": int}``: the path maximizing the number of
-    LUT/MUXF cells between sequential elements (and, among those, the carry cells it crosses).
+    Returns ``{"lut_levels": int, "carry_cells_on_path": int, "path_from": str, "path_to": str}``:
+    the path maximizing the number of LUT/MUXF cells between sequential elements (and, among
+    those, the carry cells it crosses); ``path_from`` / ``path_to`` name a net at its start (a
+    register output or a top-level input) and at its end, as far as the netlist keeps names.
     """
-    cells = netlist["modules"][top]["cells"]
+    mod = netlist["modules"][top]
+    cells = mod["cells"]
+    names: dict[int, str] = {}
+    for nname, n in mod.get("netnames", {}).items():
+        for i, b in enumerate(n["bits"]):
+            if isinstance(b, int):
+                label = nname if len(n["bits"]) == 1 else f"{nname}[{i}]"
+                old = names.get(b)
+                # prefer user names (no `$`), then the shortest
+                if old is None or (("$" in old, len(old)) > ("$" in label, len(label))):
+                    names[b] = label
     driver: dict[int, str] = {}
     for name, c in cells.items():
         if _is_sequential(c["type"]):
@@ -106,7 +126,8 @@ def logic_depth(netlist: dict, top: str) -> dict:
                 for b in bits:
                     if isinstance(b, int):
                         driver[b] = name
-    memo: dict[str, tuple[int, int]] = {}
+    # cell -> (lut levels, carry cells, predecessor cell or None, input bit the path enters by)
+    memo: dict[str, tuple[int, int, str | None, int | None]] = {}
 
     def weight(ctype: str) -> tuple[int, int]:
         if _LUT.match(ctype) or ctype.startswith("MUXF"):
@@ -114,6 +135,10 @@ def logic_depth(netlist: dict, top: str) -> dict:
         if ctype.startswith("CARRY"):
             return (0, 1)
         return (0, 0)
+
+    def inputs(c):
+        return [b for port, bits in c["connections"].items()
+                if c["port_directions"].get(port) == "input" for b in bits if isinstance(b, int)]
 
     for start in cells:
         if start in memo or _is_sequential(cells[start]["type"]):
@@ -124,18 +149,31 @@ def logic_depth(netlist: dict, top: str) -> dict:
             if name in memo:
                 continue
             c = cells[name]
-            preds = {driver[b] for port, bits in c["connections"].items()
-                     if c["port_directions"].get(port) == "input"
-                     for b in bits if isinstance(b, int) and b in driver}
+            ins = inputs(c)
             if not expanded:
                 stack.append((name, True))
-                stack.extend((p, False) for p in preds if p not in memo)
+                stack.extend((driver[b], False) for b in ins if b in driver and driver[b] not in memo)
                 continue
-            best = max((memo[p] for p in preds if p in memo), default=(0, 0))
+            best, pred, via = (0, 0), None, (ins[0] if ins else None)
+            for b in ins:
+                p = driver.get(b)
+                if p is not None and p in memo and memo[p][:2] > best:
+                    best, pred, via = memo[p][:2], p, b
             w = weight(c["type"])
-            memo[name] = (best[0] + w[0], best[1] + w[1])
-    lut, carry = max(memo.values(), default=(0, 0))
-    return {"lut_levels": lut, "carry_cells_on_path": carry}
+            memo[name] = (best[0] + w[0], best[1] + w[1], pred, via)
+    if not memo:
+        return {"lut_levels": 0, "carry_cells_on_path": 0, "path_from": "", "path_to": ""}
+    end = max(memo, key=lambda n: memo[n][:2])
+    lut, carry = memo[end][:2]
+    cur = end
+    while memo[cur][2] is not None:
+        cur = memo[cur][2]
+    start_bit = memo[cur][3]
+    out_bits = [b for port, bits in cells[end]["connections"].items()
+                if cells[end]["port_directions"].get(port) == "output" for b in bits if isinstance(b, int)]
+    return {"lut_levels": lut, "carry_cells_on_path": carry,
+            "path_from": names.get(start_bit, "?") if start_bit is not None else "?",
+            "path_to": names.get(out_bits[0], "?") if out_bits else "?"}
 
 
 def yosys_exe() -> str:
@@ -173,14 +211,40 @@ def synth_verilog(verilog: str, top: str, *, uram: bool = True) -> dict:
 
 def estimate_unit(unit: Unit, device: Device = U280) -> dict:
     """Synthesize one unit and compare it with ``device``'s capacity and the unit's LUT budget."""
-    r = synth_verilog(verilog_for(unit), unit.top)
+    t0 = time.monotonic()
+    component = unit.factory()
+    from ternopu.sim.runner import verilog_of
+
+    from .aliases import mark_alias_wires
+    verilog = mark_alias_wires(verilog_of(component, unit.top))
+    gen_seconds = time.monotonic() - t0
+    r = synth_verilog(verilog, unit.top)
     res = r["resources"]
     util = {k: res[k] / getattr(device, k) for k in ("lut", "ff", "carry8", "dsp", "bram36", "uram")}
-    return {
+    out = {
         "unit": unit.name, "top": unit.top, "description": unit.description, "device": device.name,
-        **r, "utilisation": util, "lut_budget": unit.lut_budget,
-        "within_budget": util["lut"] <= unit.lut_budget,
+        **r, "verilog_seconds": round(gen_seconds, 1), "utilisation": util,
+        "lut_budget": unit.lut_budget, "within_budget": util["lut"] <= unit.lut_budget,
     }
+    slots = overlay_slots(component)
+    if slots:
+        out["slots"] = slots
+    return out
+
+
+def design_budget(results: list[dict], device: Device = U280, *, parts=DEFAULT_DESIGN,
+                  budget: float = DESIGN_LUT_BUDGET) -> dict | None:
+    """LUT sum of the default design's ``parts`` vs ``budget`` of ``device``'s LUTs.
+
+    None when not every part is among ``results`` (a CI run synthesizes small configurations).
+    """
+    by_name = {r["unit"]: r for r in results}
+    if not all(p in by_name for p in parts):
+        return None
+    lut = sum(by_name[p]["resources"]["lut"] for p in parts)
+    dsp = sum(by_name[p]["resources"]["dsp"] for p in parts)
+    return {"parts": list(parts), "lut": lut, "dsp": dsp, "lut_fraction": lut / device.lut,
+            "budget": budget, "within_budget": lut / device.lut <= budget}
 
 
 def format_table(results: list[dict], device: Device = U280) -> str:
@@ -200,22 +264,58 @@ def format_table(results: list[dict], device: Device = U280) -> str:
     return "\n".join(rows)
 
 
+def format_paths(results: list[dict]) -> str:
+    """Longest LUT-level path per unit, deepest first (timing-depth proxy)."""
+    rows = ["| unit | LUT levels | carry cells | from | to |", "| --- | --- | --- | --- | --- |"]
+    for r in sorted(results, key=lambda r: -r["lut_levels"]):
+        rows.append(f"| {r['unit']} | {r['lut_levels']} | {r['carry_cells_on_path']} | "
+                    f"`{r.get('path_from', '?')}` | `{r.get('path_to', '?')}` |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("units", nargs="*", help=f"units (default: all of {', '.join(UNITS)})")
+    ap.add_argument("units", nargs="*", help=f"units (default: the CI set {', '.join(UNITS)})")
+    ap.add_argument("--full", action="store_true", default=os.environ.get("FULL", "") not in ("", "0"),
+                    help="the full set of default configurations (also FULL=1)")
+    ap.add_argument("--design-budget", type=float, default=DESIGN_LUT_BUDGET,
+                    help="LUT fraction of the U280 the default design must stay within")
     args = ap.parse_args(argv)
     unknown = [u for u in args.units if u not in UNITS]
     if unknown:
-        ap.error(f"unknown unit(s) {unknown}; known: {sorted(UNITS)}")
+        ap.error(f"unknown unit(s) {unknown}; known: {UNITS.all_names()}")
+    names = args.units or (UNITS.full_names() if args.full else list(UNITS))
     results = []
-    for name in args.units or UNITS:
-        print(f"synthesizing {name} (yosys synth_xilinx -family xcup) ...", flush=True)
-        results.append(estimate_unit(UNITS[name]))
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps({"device": U280.__dict__, "units": results}, indent=2))
+    for name in names:
+        print(f"synthesizing {name} (yosys synth_xilinx -family xcup) ...", flush=True)
+        r = estimate_unit(UNITS[name])
+        results.append(r)
+        print(f"  {r['resources']['lut']:,.0f} LUT, {r['resources']['dsp']:,.0f} DSP, "
+              f"{r['lut_levels']} LUT levels; verilog {r['verilog_seconds']} s, "
+              f"yosys {r['yosys_seconds']} s", flush=True)
+        # written after every unit: a long FULL run leaves its partial results behind
+        REPORT.write_text(json.dumps({"device": U280.__dict__, "units": results}, indent=2))
+    design = design_budget(results, budget=args.design_budget)
+    REPORT.write_text(json.dumps({"device": U280.__dict__, "units": results, "design": design}, indent=2))
     print(format_table(results))
+    print()
+    print(format_paths(results))
+    for r in results:
+        if "slots" in r:
+            print(f"{r['unit']}: engine slots {r['slots']}")
+    ok = all(r["within_budget"] for r in results)
+    if design is not None:
+        print(f"default U280 design ({' + '.join(design['parts'])}): {design['lut']:,.0f} LUT = "
+              f"{100 * design['lut_fraction']:.1f}% of the U280 (budget {100 * design['budget']:.0f}%): "
+              f"{'ok' if design['within_budget'] else 'OVER BUDGET'}")
+        ok = ok and design["within_budget"]
+    for r in results:
+        if not r["within_budget"]:
+            print(f"OVER BUDGET: {r['unit']} uses {100 * r['utilisation']['lut']:.1f}% of the U280's LUTs "
+                  f"(budget {100 * r['lut_budget']:.0f}%)")
     print(f"report: {REPORT}")
-    return 0 if all(r["within_budget"] for r in results) else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

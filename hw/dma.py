@@ -164,9 +164,10 @@ class BurstIssuer(wiring.Component):
     issued : Out(1)
         Pulse: a burst was loaded into ``addr`` this cycle; ``issued_beats`` is its length.
     issued_beats : Out(9)
-        Beats of the burst loaded this cycle (1..256).
+        Beats of the burst loaded this cycle (1..256); only with ``with_issued_beats``.
     all_issued : Out(1)
-        Every burst of the running command has been loaded (high only while running).
+        Every burst of the running command has been loaded (high only while running); only with
+        ``with_all_issued``.
     drained : In(1)
         The owner has no burst in flight (all data / responses finished).
     resp : In(2), resp_valid : In(1)
@@ -179,15 +180,23 @@ class BurstIssuer(wiring.Component):
         Bursts of a checked command are being issued or are in flight.
     """
 
-    def __init__(self, p: DmaParams):
+    # The two DMAs need different progress outputs (a read DMA marks its last beat with
+    # ``all_issued``, a write DMA queues ``issued_beats``); an output its owner does not read
+    # would stay in the Verilog as computed, unread logic, so each is present only on request.
+    def __init__(self, p: DmaParams, *, with_issued_beats: bool = True, with_all_issued: bool = True):
         self.p = p
-        super().__init__({
+        sig = {
             "cmd": In(stream.Signature(p.command)),
             "addr": Out(AddressChannelSignature(p.addr_width, p.id_width)),
             "may_issue": In(1),
             "issued": Out(1),
-            "issued_beats": Out(9),
-            "all_issued": Out(1),
+        }
+        if with_issued_beats:
+            sig["issued_beats"] = Out(9)
+        if with_all_issued:
+            sig["all_issued"] = Out(1)
+        super().__init__({
+            **sig,
             "drained": In(1),
             "resp": In(2),
             "resp_valid": In(1),
@@ -267,12 +276,16 @@ class BurstIssuer(wiring.Component):
                                  rows_left.eq(c_rows), all_issued.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [self.busy.eq(1), self.running.eq(1), self.all_issued.eq(all_issued)]
+                m.d.comb += [self.busy.eq(1), self.running.eq(1)]
+                if "all_issued" in self.signature.members:
+                    m.d.comb += self.all_issued.eq(all_issued)
                 with m.If(self.addr.valid & self.addr.ready):
                     m.d.sync += self.addr.valid.eq(0)
                 load = ~all_issued & self.may_issue & (~self.addr.valid | self.addr.ready)
                 with m.If(load):
-                    m.d.comb += [self.issued.eq(1), self.issued_beats.eq(n)]
+                    m.d.comb += self.issued.eq(1)
+                    if "issued_beats" in self.signature.members:
+                        m.d.comb += self.issued_beats.eq(n)
                     m.d.sync += [self.addr.valid.eq(1), self.addr.addr.eq(cur),
                                  self.addr.len.eq(n - 1)]
                     with m.If(rem == n):  # row finished
@@ -337,7 +350,7 @@ class ReadDMA(wiring.Component):
     def elaborate(self, platform):
         p = self.p
         m = Module()
-        m.submodules.issuer = iss = BurstIssuer(p)
+        m.submodules.issuer = iss = BurstIssuer(p, with_issued_beats=False)
         wiring.connect(m, wiring.flipped(self.cmd), iss.cmd)
         wiring.connect(m, wiring.flipped(self.done), iss.done)
         wiring.connect(m, wiring.flipped(self.axi.ar), iss.addr)
@@ -394,7 +407,7 @@ class WriteDMA(wiring.Component):
     def elaborate(self, platform):
         p = self.p
         m = Module()
-        m.submodules.issuer = iss = BurstIssuer(p)
+        m.submodules.issuer = iss = BurstIssuer(p, with_all_issued=False)
         m.submodules.lens = lens = fifo.SyncFIFOBuffered(width=9, depth=max(2, p.max_outstanding))
         wiring.connect(m, wiring.flipped(self.cmd), iss.cmd)
         wiring.connect(m, wiring.flipped(self.done), iss.done)

@@ -241,10 +241,11 @@ class Float32Mul(wiring.Component):
         round_up = s2_guard & (s2_sticky | s2_keep[0])
         # Exponent field and fraction side by side: a carry out of the fraction bumps the
         # exponent (subnormal -> normal, 1.111.. -> 10.0, largest finite -> infinity).
-        packed = Signal(unsigned(32))
+        # 31 bits: a carry out of an all-ones exponent field is caught by ``s2_exp >= 255``
+        packed = Signal(unsigned(31))
         m.d.comb += packed.eq(Cat(s2_keep[:fb], s2_exp[:8]) + round_up)
         overflow = (s2_exp >= F32_EXP_MAX) | (packed[fb:fb + 8] == F32_EXP_MAX)
-        magnitude = Mux(overflow, F32_EXP_MAX << fb, packed[:31])
+        magnitude = Mux(overflow, F32_EXP_MAX << fb, packed)
         with m.If(self.en):
             m.d.sync += [
                 self.o.eq(Mux(s2_nan, F32_QNAN,

@@ -226,15 +226,17 @@ def fmin(p: Pipe, a: Val, b: Val) -> Val:
     return p.reg(Mux(_lt(y, x), y, x), s, "min")
 
 
-def _round_pack(m: Module, keep: Value, guard: Value, sticky: Value, be_field: Value,
+def _round_pack(m: Module, frac: Value, guard: Value, sticky: Value, be_field: Value,
                 sign: Value) -> Value:
-    """RNE of a 24-bit significand ``keep`` (hidden bit included, 0 for subnormals) with exponent
-    field ``be_field`` (< 255 on entry); the carry ripples into the exponent (subnormal -> normal,
-    1.11..1 -> 10.0, largest finite -> inf). Returns the 32-bit pattern."""
-    up = guard & (sticky | keep[0])
-    packed = Signal(32)
-    m.d.comb += packed.eq(Cat(keep[:23], be_field[:8]) + up)
-    return Cat(packed[:31], sign)
+    """RNE of a significand given by its 23 fraction bits ``frac`` (the hidden bit is implied by
+    ``be_field``: 0 for subnormals) with exponent field ``be_field`` (< 255 on entry); the carry
+    ripples into the exponent (subnormal -> normal, 1.11..1 -> 10.0, largest finite -> inf).
+    Returns the 32-bit pattern."""
+    up = guard & (sticky | frac[0])
+    # 31 bits: be_field < 255 keeps the sum below 2^31 (at most +inf's pattern)
+    packed = Signal(31)
+    m.d.comb += packed.eq(Cat(frac[:23], be_field[:8]) + up)
+    return Cat(packed, sign)
 
 
 def fmul(p: Pipe, a: Val, b: Val) -> Val:
@@ -260,11 +262,11 @@ def fmul(p: Pipe, a: Val, b: Val) -> Val:
     m.d.comb += be.eq(esum.sig - 126 - lz)
     shift = Signal(range(27), name=f"{p.name}_msh{p._n}")
     m.d.comb += shift.eq(Mux(be >= 1, 0, Mux(be < -24, 26, 1 - be)))
-    wide = Signal(80, name=f"{p.name}_mwide{p._n}")
+    wide = Signal(79, name=f"{p.name}_mwide{p._n}")  # bit 79 would be the hidden bit, implied by efield
     m.d.comb += wide.eq(Cat(Const(0, 32), norm) >> shift)
     sh = wide[32:]
     s2 = s + 1
-    keep = p.reg(sh[24:48], s2, "mkeep")
+    keep = p.reg(sh[24:47], s2, "mkeep")  # fraction bits; the hidden bit is in efield
     guard = p.reg(sh[23], s2, "mg")
     sticky = p.reg((sh[:23] != 0) | (wide[:32] != 0), s2, "mst")
     ovf = p.reg(be > 254, s2, "movf")
@@ -294,9 +296,9 @@ def fadd(p: Pipe, a: Val, b: Val) -> Val:
     small = Mux(swap, x, y)
     sb, _, _, mb, eb = _fields(big)
     ss, _, _, ms, es = _fields(small)
-    d = Signal(8, name=f"{p.name}_ad{p._n}")
+    d = Signal(range(32), name=f"{p.name}_ad{p._n}")
     m.d.comb += d.eq(Mux(eb - es > 31, 31, eb - es))
-    wide = Signal(64, name=f"{p.name}_aw{p._n}")
+    wide = Signal(35 + 24, name=f"{p.name}_aw{p._n}")
     m.d.comb += wide.eq((Cat(Const(0, 35), ms)) >> d)
     # wide = (ms << 35) >> d: bits [32:59] are the aligned significand with 3 extra bits (guard,
     # round, sticky); everything shifted below bit 32 is folded into the sticky bit (bit 32)
@@ -321,11 +323,12 @@ def fadd(p: Pipe, a: Val, b: Val) -> Val:
     carry = t[27]
     shl = Signal(range(32), name=f"{p.name}_ashl{p._n}")
     m.d.comb += shl.eq(Mux(l < e, l, e - 1))
-    norm = Signal(27, name=f"{p.name}_anorm{p._n}")
+    # bit 26 (the hidden bit) is not kept: the exponent field ``be`` carries it
+    norm = Signal(26, name=f"{p.name}_anorm{p._n}")
     m.d.comb += norm.eq(Mux(carry, Cat(t[1] | t[0], t[2:28]), (t[:27] << shl)[:27]))
     be = Signal(10, name=f"{p.name}_abe{p._n}")
     m.d.comb += be.eq(Mux(carry, e + 1, Mux(l < e, e - l, 0)))
-    rounded = _round_pack(m, norm[3:27], norm[2], norm[1] | norm[0], be, sgn2.sig)
+    rounded = _round_pack(m, norm[3:26], norm[2], norm[1] | norm[0], be, sgn2.sig)
     out = Mux(nan2.sig, F32_QNAN,
               Mux(t == 0, Cat(Const(0, 31), zsgn2.sig),
                   Mux(be >= 255, Cat(Const(F32_INF, 31), sgn2.sig), rounded)))
@@ -399,7 +402,8 @@ def i2f(p: Pipe, n: Val, lsb_exp: int = 0) -> Val:
     neg1 = p.reg(neg, s, "ineg")
     # ---- stage 2: leading one to bit w-1, then keep the top 24 bits
     wn = max(w, 26)
-    norm = Signal(wn, name=f"{p.name}_inorm{p._n}")
+    # the leading one (bit wn - 1) is implied by the exponent: only the bits below it are kept
+    norm = Signal(wn - 1, name=f"{p.name}_inorm{p._n}")
     m.d.comb += norm.eq((mag1.sig << lz1.sig)[:w] << (wn - w))
     keep = norm[wn - 24:]
     guard = norm[wn - 25]
@@ -424,7 +428,7 @@ def f2h(p: Pipe, a: Val) -> Val:
     # half LSB weight 2^-24 for subnormals; shift = 13 for normal halves (be >= 113), else 126-eff
     rs = Signal(range(64), name=f"{p.name}_hrs{p._n}")
     m.d.comb += rs.eq(Mux(be >= 113, 13, Mux(126 - eff > 40, 40, 126 - eff)))
-    r = Signal(24 + 40, name=f"{p.name}_hr{p._n}")
+    r = Signal(40 + 11, name=f"{p.name}_hr{p._n}")  # bits above the kept 11 are never set
     m.d.comb += r.eq(Cat(Const(0, 40), mant) >> rs)
     keep = p.reg(r[40:51], s, "hk")
     g = p.reg(r[39], s, "hg")
@@ -434,7 +438,7 @@ def f2h(p: Pipe, a: Val) -> Val:
     sg = p.reg(sx, s, "hs")
     k = keep.sig
     up = g.sig & (st.sig | k[0])
-    packed = Signal(16, name=f"{p.name}_hp{p._n}")
+    packed = Signal(15, name=f"{p.name}_hp{p._n}")
     m.d.comb += packed.eq(Cat(k[:10], hbe.sig) + up)
     out = Mux(sat1.sig, Cat(Const(F16_MAX_BITS, 15), sg.sig), Cat(packed[:15], sg.sig))
     return p.reg(out, s + 1, "f2h")
@@ -451,7 +455,7 @@ def fceil(p: Pipe, a: Val) -> Val:
     # number of fraction bits below the binary point: 150 - be (for 127 <= be < 150)
     fb = Signal(range(32), name=f"{p.name}_cfb{p._n}")
     m.d.comb += fb.eq(Mux(be >= 150, 0, Mux(be < 127, 24, 150 - be)))
-    mask = Signal(32, name=f"{p.name}_cmask{p._n}")
+    mask = Signal(31, name=f"{p.name}_cmask{p._n}")  # fb <= 24: bit 31 is never set
     m.d.comb += mask.eq((Const(1, 33) << fb)[:32] - 1)
     xr = p.reg(x, s, "cx")
     fb1 = p.reg(fb, s, "cfb")
@@ -554,7 +558,7 @@ class Float32Div(wiring.Component):
         m = Module()
         a, b = self.i.payload.a, self.i.payload.b
         rem = Signal(26)   # < 2 * divisor
-        div = Signal(24)
+        dvs = Signal(24)  # divisor significand
         q = Signal(self.QBITS)
         count = Signal(range(self.QBITS + 1))
         exp = Signal(signed(11))
@@ -569,27 +573,27 @@ class Float32Div(wiring.Component):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     m.d.sync += [
-                        rem.eq(Cat(a[:23], 1)), div.eq(Cat(b[:23], 1)), q.eq(0),
+                        rem.eq(Cat(a[:23], 1)), dvs.eq(Cat(b[:23], 1)), q.eq(0),
                         count.eq(self.QBITS), exp.eq(a[23:31] - b[23:31]),
                         sign.eq(a[31] ^ b[31]), err.eq(bad(a) | bad(b)),
                     ]
                     m.next = "DIV"
             with m.State("DIV"):
-                ge = rem >= div
-                nrem = Mux(ge, rem - div, rem)
+                ge = rem >= dvs
+                nrem = Mux(ge, rem - dvs, rem)
                 m.d.sync += [rem.eq(nrem << 1), q.eq(Cat(ge, q[:-1])), count.eq(count - 1)]
                 with m.If(count == 1):
                     m.next = "ROUND"
             with m.State("ROUND"):
                 # q = floor(ma * 2^26 / mb) in [2^25, 2^27); rem != 0 -> inexact
                 top = q[26]
-                keep = Mux(top, q[3:27], q[2:26])
+                frac = Mux(top, q[3:26], q[2:25])
                 guard = Mux(top, q[2], q[1])
                 sticky = Mux(top, q[1] | q[0], q[0]) | (rem != 0)
                 be = Signal(signed(12))
                 m.d.comb += be.eq(exp + 126 + top)
                 m.d.sync += [
-                    self.o.payload.q.eq(_round_pack(m, keep, guard, sticky, be[:8], sign)),
+                    self.o.payload.q.eq(_round_pack(m, frac, guard, sticky, be[:8], sign)),
                     self.o.payload.err.eq(err | (be < 1) | (be > 254)),
                     self.o.valid.eq(1),
                 ]

@@ -291,7 +291,8 @@ class LoadUnit(wiring.Component):
                             m.d.comb += [rd[q].cmd.valid.eq(1),
                                          rd[q].cmd.payload.addr.eq(w.addr),
                                          rd[q].cmd.payload.beats.eq(w.blen),
-                                         rd[q].cmd.payload.rows.eq(1)]
+                                         rd[q].cmd.payload.rows.eq(1),
+                                         rd[q].cmd.payload.stride.eq(0)]
                             with m.If(rd[q].cmd.ready):
                                 m.d.comb += ctl.progress.eq(1)
                                 m.next = "DATA"
@@ -368,7 +369,8 @@ class StoreUnit(wiring.Component):
                             m.d.comb += [wr[q].cmd.valid.eq(1),
                                          wr[q].cmd.payload.addr.eq(w.addr),
                                          wr[q].cmd.payload.beats.eq(w.blen),
-                                         wr[q].cmd.payload.rows.eq(1)]
+                                         wr[q].cmd.payload.rows.eq(1),
+                                         wr[q].cmd.payload.stride.eq(0)]
                             with m.If(wr[q].cmd.ready):
                                 m.d.comb += ctl.progress.eq(1)
                                 m.next = "DATA"

@@ -452,7 +452,8 @@ class Lane(wiring.Component):
     result : Out(signed(acc_width))
         Row total, held until the next one.
     result_valid : Out(1)
-        One-cycle pulse when ``result`` is new.
+        One-cycle pulse when ``result`` is new (only with ``with_result_valid``: lanes that run
+        in lockstep share one, so the others leave it out).
 
     Timing
     ------
@@ -460,7 +461,7 @@ class Lane(wiring.Component):
     ``last`` beat to ``result_valid``; one beat per cycle, no stalls.
     """
 
-    def __init__(self, tables: int, acc_width: int):
+    def __init__(self, tables: int, acc_width: int, *, with_result_valid: bool = True):
         if not isinstance(tables, int) or tables < 1:
             raise ValueError(f"tables must be a positive int, got {tables!r}")
         min_width = ENTRY_BITS + max(0, math.ceil(math.log2(tables)))
@@ -469,15 +470,17 @@ class Lane(wiring.Component):
                 f"acc_width must be an int >= {min_width} (one beat's sum), got {acc_width!r}")
         self.tables = tables
         self.acc_width = acc_width
-        super().__init__({
+        sig = {
             "table_bits": In(unsigned(TABLE_WORD_BITS * tables)),
             "keys": In(unsigned(KEY_BITS * tables)),
             "valid": In(1),
             "first": In(1),
             "last": In(1),
             "result": Out(signed(acc_width)),
-            "result_valid": Out(1),
-        })
+        }
+        if with_result_valid:
+            sig["result_valid"] = Out(1)
+        super().__init__(sig)
 
     @staticmethod
     def latency_for(tables: int) -> int:
@@ -535,7 +538,8 @@ class Lane(wiring.Component):
             m.d.sync += acc.eq(total)
         with m.If(valid & last):
             m.d.sync += self.result.eq(total)
-        m.d.sync += self.result_valid.eq(valid & last)
+        if "result_valid" in self.signature.members:
+            m.d.sync += self.result_valid.eq(valid & last)
         return m
 
 
@@ -614,7 +618,6 @@ class TLMM(wiring.Component):
         accept = Signal()
         last_c = Signal()
         m.d.comb += last_c.eq(c == group_tiles - 1)
-        running = Signal()
 
         job_end = Signal()  # the final beat of the projection is accepted this cycle
         m.d.comb += job_end.eq(accept & last_c & (r == row_tiles - 1))
@@ -648,8 +651,7 @@ class TLMM(wiring.Component):
                         m.d.sync += c.eq(0)
                         m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [running.eq(1),
-                             # A row tile's last beat needs a free drain bank.
+                m.d.comb += [# A row tile's last beat needs a free drain bank.
                              self.keys.ready.eq(~last_c | (credits != 0)),
                              accept.eq(self.keys.valid & self.keys.ready)]
                 with m.If(accept):
@@ -687,7 +689,7 @@ class TLMM(wiring.Component):
         # ---- lanes -------------------------------------------------------------------------
         lanes = []
         for p in range(L):
-            lane = Lane(T, acc_w)
+            lane = Lane(T, acc_w, with_result_valid=p == 0)  # lanes run in lockstep
             m.submodules[f"lane{p}"] = lane
             m.d.comb += [
                 lane.table_bits.eq(table_bus),

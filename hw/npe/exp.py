@@ -43,7 +43,9 @@ def exp_dataflow(p, x: Val) -> Val:
     n = f2i(p, t, N_WIDTH, -(1 << (N_WIDTH - 1)), (1 << (N_WIDTH - 1)) - 1)
     nf_abs = i2f(p, n)
     # torch.round keeps the sign of zero (round(-0.3) = -0.0): copy t's sign onto a zero n
-    nf = p.comb(lambda v, tt: Mux(v == 0, Cat(v[:31], tt[31]), v), nf_abs, t)
+    # (only t's sign bit is delayed to this stage)
+    t_sign = p.comb(lambda v: v[31], t)
+    nf = p.comb(lambda v, sg: Mux(v == 0, Cat(v[:31], sg), v), nf_abs, t_sign)
     hi = fmul(p, nf, p.const(STEP_HI_BITS, 32))
     lo = fmul(p, nf, p.const(STEP_LO_BITS, 32))
     d = fsub(p, xc, hi)

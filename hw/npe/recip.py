@@ -28,8 +28,12 @@ def recip_dataflow(p, x: Val) -> Val:
     for _ in range(gn.RECIP_NEWTON_STEPS):
         r = fmul(p, r, fsub(p, two, fmul(p, m, r)))
     k = p.comb(lambda v: (127 - v[23:31]).as_signed(), x)
+    # Only x's sign travels down the pipeline, not the whole word. r is positive for every x
+    # (m in [1, 2), LUT entries ~1/m, each Newton factor 2 - m*r near 1), so out's sign bit is 0
+    # and XOR-ing it in equals taking x's sign; reading it keeps the r chain's sign logic live.
+    sign = p.comb(lambda v: v[31], x)
     out = scale_pow2(p, r, k)
-    return p.comb(lambda o, v: Cat(o[:31], v[31]), out, x)
+    return p.comb(lambda o, sg: Cat(o[:31], o[31] ^ sg), out, sign)
 
 
 def recip_input_error(p, x: Val) -> Val:

@@ -429,9 +429,9 @@ def test_bitstream_reports_a_missing_top(tmp_path, monkeypatch, capsys):
 
 
 def test_unit_registry_default_set_and_named_units():
-    assert {"isa_decoder", "csr"} <= set(UNITS)
+    assert {"isa_decoder", "csr", "controller", "dma_port", "overlay_ci", "tlmm_ci"} <= set(UNITS)
     assert "tlmm_full" in UNITS and "tlmm_full" not in list(UNITS) and "tlmm_ci" in UNITS
-    assert UNITS["tlmm_full"].note and not UNITS["tlmm_full"].ci
+    assert UNITS["tlmm_full"].note and not UNITS["tlmm_full"].ci and UNITS["tlmm_full"].full
     assert len(UNITS) == len(list(UNITS.values())) == sum(u.ci for u in map(UNITS.__getitem__, UNITS.all_names()))
 
 
