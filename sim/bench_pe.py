@@ -13,6 +13,12 @@ What is measured
    validates (weight cycles = beats, plus the load and pipeline-drain constants), against the HBM
    time of the bytes each projection must read (weights + zeros + scales at 460.8 GB/s).
 
+3. **Attention (modes b and c)**: one head (head_dim 128) over KV caches of 128 and 4096 tokens,
+   FP16 and 2-bit KIVI, on :data:`~ternopu.hw.pe_attn.ATTN_MID` (32 x 4 DSP48E2) cycle-accurately
+   and bit-exact (``--attention-only`` skips 1-2), and on :data:`~ternopu.hw.pe_attn.ATTN_DEFAULT`
+   (32 x 64) from the validated cycle model. An attention step is QK^T + PV (FP16: 2 commands;
+   KIVI: the min-term pass and the code pass of each, 4 commands).
+
 Modelled clock: 300 MHz. Memory model: the streams are fed at one transfer per cycle (no HBM
 model); the HBM comparison is analytic (bytes / 1536 B per cycle).
 """
@@ -87,6 +93,97 @@ def measure(cfg: PEConfig, shapes, tag: str, out_dir: Path) -> list[dict]:
     return rows
 
 
+ATTN_TOKENS = (128, 4096)
+ATTN_HEAD_DIM = 128
+
+
+def attention_cases(tokens=ATTN_TOKENS, d: int = ATTN_HEAD_DIM) -> list[dict]:
+    return [{"op": op, "t": t, "d": d, **({"bits": 2} if "kivi" in op else {})}
+            for t in tokens for op in ("qk", "pv", "qk_kivi", "pv_kivi")]
+
+
+def _attn_jobs_shape(cfg, case: dict) -> list[tuple[str, int, int, bool]]:
+    """(name, nb, n_tiles, kivi) of the commands of one case (what the testbench issues)."""
+    t, d, g = case["t"], case["d"], case.get("group", 32)
+    if case["op"] == "qk":
+        return [("qk", d // 32, -(-t // cfg.cols), False)]
+    if case["op"] == "pv":
+        return [("pv", -(-t // 32), -(-d // cfg.cols), False)]
+    if case["op"] == "qk_kivi":
+        return [("u", d // 32, -(-(t // g) // cfg.cols), False), ("r", d // 32, -(-t // cfg.lanes), True)]
+    return [("u", -(-t // 32), -(-(d // g) // cfg.cols), False), ("r", -(-t // 32), -(-d // cfg.lanes), True)]
+
+
+def attention_step_rows(cfg, rows_by_case: dict | None = None) -> list[dict]:
+    """Per (T, KV format) attention step = QK + PV: cycles (measured if given, else modelled) vs ideal."""
+    out = []
+    for t in ATTN_TOKENS:
+        for kv, ops in (("fp16", ("qk", "pv")), ("kivi2", ("qk_kivi", "pv_kivi"))):
+            cyc = ideal = macs = 0
+            for op in ops:
+                case = {"op": op, "t": t, "d": ATTN_HEAD_DIM}
+                for name, nb, nt, kivi in _attn_jobs_shape(cfg, case):
+                    ideal += nb * nt
+                    if rows_by_case is not None:
+                        cyc += rows_by_case[(op, t, name)]
+                    else:
+                        cyc += cfg.model_cycles(nb, nt)
+                macs += 2 * t * ATTN_HEAD_DIM if op.startswith("qk") else 0
+            dsp_mac = cfg.dsps_per_mac(kv != "fp16")
+            out.append({"tokens": t, "kv": kv, "cycles": cyc, "ideal_cycles": ideal,
+                        "efficiency": round(ideal / cyc, 3), "macs": macs,
+                        "macs_per_cycle": round(macs / cyc, 1),
+                        "peak_macs_per_cycle": cfg.macs_per_cycle(kv != "fp16"),
+                        "dsps_per_mac_codes": dsp_mac, "us_at_clock": round(cyc / cfg.clock_hz * 1e6, 2)})
+    return out
+
+
+def measure_attention(out_dir: Path) -> dict:
+    """Cycle-accurate attention cases on ATTN_MID (bit-exact or the run fails)."""
+    from ternopu.hw.pe_attn import ATTN_MID, AttnArray
+    from ternopu.sim import runner
+    from ternopu.sim.tb.pe_attn import config_params
+
+    cfg = ATTN_MID
+    sim = runner.build(runner.verilog_of(AttnArray(cfg), "attn_top"), "attn_top", tag="attn-mid")
+    report = out_dir / "pe_attn_measured.json"
+    runner.run(sim, "ternopu.sim.tb.pe_attn", testcase="attention_cases",
+               params={"config": config_params(cfg), "cases": attention_cases(), "seed": 5,
+                       "report": str(report.resolve())}, run_name="bench-attn")
+    jobs = json.loads(report.read_text())
+    by = {}
+    for j in jobs:
+        by[(j["case"]["op"], j["case"]["t"], "r" if j["kivi"] else ("u" if j["job"].endswith("-u") else
+                                                                     j["case"]["op"]))] = j["cycles"]
+    from ternopu.hw.pe_attn import ATTN_DEFAULT
+    return {
+        "note": "one head, head_dim 128; step = QK^T + PV; KIVI 2-bit group 32 adds a min-term pass "
+                "per product (mode b, 1/group of the tokens or channels); 'cycles' from the command to "
+                "the last output, streams fed one transfer per cycle",
+        "measured_config": {"cols": cfg.cols, "dsps": cfg.dsps, "lanes_b": cfg.cols, "lanes_c": cfg.lanes},
+        "measured_commands": jobs,
+        "measured_steps": attention_step_rows(cfg, by),
+        "default": {"cols": ATTN_DEFAULT.cols, "dsps": ATTN_DEFAULT.dsps,
+                    "dsps_per_mac_fp16": ATTN_DEFAULT.dsps_per_mac(False),
+                    "dsps_per_mac_kivi": ATTN_DEFAULT.dsps_per_mac(True),
+                    "model_steps": attention_step_rows(ATTN_DEFAULT)},
+    }
+
+
+def _print_attention(a: dict) -> None:
+    mc = a["measured_config"]
+    print(f"\nPE array attention modes, cycle-accurate (32 x {mc['cols']} DSPs = {mc['dsps']}, bit-exact vs golden)")
+    print(f"{'T':>5} {'KV':<6} {'cycles':>8} {'ideal':>8} {'eff':>6} {'MAC/cyc':>8} {'peak':>6} {'DSP/MAC':>8}")
+    for r in a["measured_steps"]:
+        print(f"{r['tokens']:>5} {r['kv']:<6} {r['cycles']:>8} {r['ideal_cycles']:>8} {r['efficiency']:>6} "
+              f"{r['macs_per_cycle']:>8} {r['peak_macs_per_cycle']:>6} {r['dsps_per_mac_codes']:>8}")
+    d = a["default"]
+    print(f"Default (model): 32 x {d['cols']} = {d['dsps']} DSPs; 1 DSP/MAC FP16 KV, 0.5 DSP/MAC KIVI codes")
+    for r in d["model_steps"]:
+        print(f"{r['tokens']:>5} {r['kv']:<6} {r['cycles']:>8} {r['ideal_cycles']:>8} {r['efficiency']:>6} "
+              f"{r['macs_per_cycle']:>8} {r['us_at_clock']:>8} us")
+
+
 def _print(rep: dict) -> None:
     m = rep["measured"]
     print(f"PE array, INT4 linear mode, cycle-accurate ({rep['measured_config']['name']}: "
@@ -104,7 +201,6 @@ def _print(rep: dict) -> None:
     for r in d["projections"]:
         print(f"{r['k']}x{r['n']:<8} {r['model_cycles']:>9} {r['ideal_cycles']:>8} {r['hbm_cycles']:>8} "
               f"{r['us_at_clock']:>7} {r['bound']:>6}")
-    print("attention modes (QK^T / PV, FP16 and KIVI KV): not implemented in RTL yet -- see docs/pe_array.md")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", choices=("mid", "small"), default="mid",
                     help="engine simulated cycle-accurately (default: mid, 8 x 16 DSPs)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--attention-only", action="store_true",
+                    help="only the attention section (keeps the INT4 keys of an existing JSON)")
     args = ap.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.attention_only:
+        t0 = time.time()
+        rep = json.loads(args.out.read_text()) if args.out.exists() else {}
+        rep["attention"] = measure_attention(args.out.parent)
+        _print_attention(rep["attention"])
+        args.out.write_text(json.dumps(rep, indent=1))
+        print(f"wrote {args.out} ({round(time.time() - t0, 1)} s)")
+        return 0
     cfg = MID_CONFIG if args.config == "mid" else SMALL_CONFIG
     shapes = LLAMA2_7B_SHAPES if args.config == "mid" else [(512, 256), (256, 128)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runtime_s": None,
     }
+    rep["attention"] = measure_attention(args.out.parent)
     rep["runtime_s"] = round(time.time() - t0, 1)
     _print(rep)
+    _print_attention(rep["attention"])
     args.out.write_text(json.dumps(rep, indent=1))
     print(f"wrote {args.out} ({rep['runtime_s']} s)")
     return 0
