@@ -22,7 +22,7 @@ cycle between instructions.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -188,4 +188,5 @@ def _mux_interface(m, owner, outer, subs):
                 with m.If(owner == i):
                     m.d.comb += o_val.eq(s_val)
             else:
-                m.d.comb += s_val.eq((owner == i).replicate(len(s_val)) & o_val)
+                width = len(Value.cast(s_val))
+                m.d.comb += Value.cast(s_val).eq((owner == i).replicate(width) & Value.cast(o_val))

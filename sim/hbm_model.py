@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth import Cat, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -60,6 +60,7 @@ __all__ = [
     "U280_PORTS", "U280_TOTAL_BYTES_PER_S", "U280_PC_BYTES_PER_S", "U280_AXI_CLOCK_HZ",
     "DESIGN_CLOCK_HZ", "U280_DATA_WIDTH", "U280_RATE", "U280_READ_LATENCY_NS",
     "U280_READ_LATENCY", "MIN_READ_LATENCY", "port_rate", "HostPortSignature", "HbmModel",
+    "HbmSystem", "WideHostPortSignature",
 ]
 
 #: HBM2 pseudo-channels on the U280.
@@ -98,6 +99,18 @@ def port_rate(data_width: int, clock_hz: float = DESIGN_CLOCK_HZ,
     return f.numerator, f.denominator
 
 
+
+def _check_timing(read_latency, rate, queue_depth) -> None:
+    if not isinstance(read_latency, int) or not MIN_READ_LATENCY <= read_latency < 1 << 20:
+        raise ConfigError(f"read_latency must be an int in [{MIN_READ_LATENCY}, 2**20), "
+                          f"got {read_latency!r}")
+    if (not isinstance(rate, tuple) or len(rate) != 2
+            or not all(isinstance(v, int) and 1 <= v <= 1024 for v in rate)):
+        raise ConfigError(f"rate must be (beats, cycles) with ints in [1, 1024], got {rate!r}")
+    if not isinstance(queue_depth, int) or not 1 <= queue_depth <= 256:
+        raise ConfigError(f"queue_depth must be an int in [1, 256], got {queue_depth!r}")
+
+
 class HostPortSignature(wiring.Signature):
     """Host-side memory access of the model (driven by a testbench).
 
@@ -108,6 +121,21 @@ class HostPortSignature(wiring.Signature):
     def __init__(self, data_width: int, depth: int):
         super().__init__({
             "addr": Out(range(depth)), "wdata": Out(data_width), "we": Out(1), "rdata": In(data_width),
+        })
+
+
+class WideHostPortSignature(wiring.Signature):
+    """Host access of ``lanes`` consecutive words per cycle (driven by a testbench).
+
+    ``addr`` (word index of lane 0), ``wdata`` (lane ``i`` in bits ``[i*W, (i+1)*W)``), ``we``
+    (one bit per lane: write that lane this cycle), ``rdata`` (the words at the previous cycle's
+    ``addr``).
+    """
+
+    def __init__(self, data_width: int, depth: int, lanes: int):
+        super().__init__({
+            "addr": Out(range(depth)), "wdata": Out(data_width * lanes), "we": Out(lanes),
+            "rdata": In(data_width * lanes),
         })
 
 
@@ -145,14 +173,7 @@ class HbmModel(wiring.Component):
         bb = beat_bytes(data_width)
         if not isinstance(depth, int) or depth < 1 or depth * bb > 1 << addr_width:
             raise ConfigError(f"depth must be an int in [1, 2**addr_width / {bb}], got {depth!r}")
-        if not isinstance(read_latency, int) or not MIN_READ_LATENCY <= read_latency < 1 << 20:
-            raise ConfigError(f"read_latency must be an int in [{MIN_READ_LATENCY}, 2**20), "
-                              f"got {read_latency!r}")
-        if (not isinstance(rate, tuple) or len(rate) != 2
-                or not all(isinstance(v, int) and 1 <= v <= 1024 for v in rate)):
-            raise ConfigError(f"rate must be (beats, cycles) with ints in [1, 1024], got {rate!r}")
-        if not isinstance(queue_depth, int) or not 1 <= queue_depth <= 256:
-            raise ConfigError(f"queue_depth must be an int in [1, 256], got {queue_depth!r}")
+        _check_timing(read_latency, rate, queue_depth)
         init = list(init or [])
         if len(init) > depth:
             raise ConfigError(f"init has {len(init)} words, memory depth is {depth}")
@@ -171,10 +192,50 @@ class HbmModel(wiring.Component):
             "host": In(HostPortSignature(data_width, depth)),
         })
 
-    # -- helpers -------------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(shape=unsigned(self.data_width), depth=self.depth,
+                                               init=self.init)
+        wp = mem.write_port(granularity=8)
+        rp = mem.read_port()
+        hp = mem.read_port()
+        m.d.comb += [hp.addr.eq(self.host.addr), self.host.rdata.eq(hp.data)]
+        sh = self.beat_bytes.bit_length() - 1
+        limit = self.depth * self.beat_bytes
+
+        def word_of(addr):
+            return addr[sh:], addr >= limit
+
+        host_write = _HostWrite(self.host.we, self.host.addr, self.host.wdata)
+        m.submodules.engine = _AxiEngine(self, self.axi, rp, wp, word_of, host_write, self.slverr_range)
+        return m
+
+    #: Cycles the read pipeline adds after a burst is started (memory read + R buffer).
+    _READ_PIPE = 3
+
+
+class _HostWrite:
+    """The host's write request as an engine sees it: AXI writes pause while ``we`` is high;
+    ``shares_port``: the engine's memory write port also carries the host write."""
+
+    def __init__(self, we, addr=None, wdata=None, shares_port=True):
+        self.we, self.addr, self.wdata, self.shares_port = we, addr, wdata, shares_port
+
+
+class _AxiEngine(Elaboratable):
+    """The AXI4 slave logic of one port (reads, writes, credits) on given memory ports.
+
+    ``word_of(addr) -> (word index, decode error)`` maps a byte address onto the memory; ``p``
+    carries the timing / geometry parameters (an :class:`HbmModel` or :class:`HbmSystem`).
+    """
+
+    def __init__(self, p, axi, rp, wp, word_of, host: _HostWrite, slverr_range=None):
+        self.p, self.axi, self.rp, self.wp, self.word_of, self.host = p, axi, rp, wp, word_of, host
+        self.slverr_range = slverr_range
+
     def _beat_resp(self, addr, bad_burst):
         """Response code of a beat at byte address ``addr`` (combinational)."""
-        resp = Mux(addr >= self.depth * self.beat_bytes, RESP_DECERR, RESP_OKAY)
+        resp = Mux(self.word_of(addr)[1], RESP_DECERR, RESP_OKAY)
         if self.slverr_range is not None:
             s, e = self.slverr_range
             resp = Mux((addr >= s) & (addr < e), RESP_SLVERR, resp)
@@ -182,16 +243,11 @@ class HbmModel(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        dw, aw, iw, bb = self.data_width, self.addr_width, self.id_width, self.beat_bytes
+        p = self.p
+        dw, aw, iw, bb = p.data_width, p.addr_width, p.id_width, p.beat_bytes
         sh = bb.bit_length() - 1
-        num, den = self.rate
-        axi = self.axi
-
-        m.submodules.mem = mem = memory.Memory(shape=unsigned(dw), depth=self.depth, init=self.init)
-        wp = mem.write_port(granularity=8)
-        rp = mem.read_port()
-        hp = mem.read_port()
-        m.d.comb += [hp.addr.eq(self.host.addr), self.host.rdata.eq(hp.data)]
+        num, den = p.rate
+        axi, rp, wp, host = self.axi, self.rp, self.wp, self.host
 
         now = Signal(32)
         m.d.sync += now.eq(now + 1)
@@ -216,7 +272,7 @@ class HbmModel(wiring.Component):
             return (ch.size != size_code(dw)) | (ch.burst != BURST_INCR)
 
         # ---- read path ------------------------------------------------------------------
-        m.submodules.arq = arq = fifo.SyncFIFO(width=req.size, depth=self.queue_depth)
+        m.submodules.arq = arq = fifo.SyncFIFO(width=req.size, depth=p.queue_depth)
         m.d.comb += [
             axi.ar.ready.eq(arq.w_rdy),
             arq.w_en.eq(axi.ar.valid),
@@ -240,7 +296,7 @@ class HbmModel(wiring.Component):
 
         # The head burst may start when its latency has elapsed; the pipeline below adds
         # _READ_PIPE cycles (memory read, R buffer), so the start condition subtracts them.
-        wait = self.read_latency - self._READ_PIPE
+        wait = p.read_latency - HbmModel._READ_PIPE
         head_due = arq.r_rdy & ((now - head.ts)[:32] >= wait)
         space = (rq.level + inflight) < rbuf_depth
         m.d.comb += rd_go.eq(active & space & rd_ok)
@@ -256,7 +312,7 @@ class HbmModel(wiring.Component):
             m.d.sync += [r_addr.eq(r_addr + bb), r_left.eq(r_left - 1)]
 
         resp_now = self._beat_resp(r_addr, r_bad)
-        m.d.comb += rp.addr.eq(r_addr[sh:])
+        m.d.comb += rp.addr.eq(self.word_of(r_addr)[0])
         m.d.sync += [inflight.eq(rd_go), infl_id.eq(r_id), infl_resp.eq(resp_now),
                      infl_last.eq(r_left == 0)]
         rbeat_in = data.View(rbeat, rq.w_data)
@@ -274,7 +330,7 @@ class HbmModel(wiring.Component):
         ]
 
         # ---- write path -----------------------------------------------------------------
-        m.submodules.awq = awq = fifo.SyncFIFO(width=req.size, depth=self.queue_depth)
+        m.submodules.awq = awq = fifo.SyncFIFO(width=req.size, depth=p.queue_depth)
         m.d.comb += [
             axi.aw.ready.eq(awq.w_rdy),
             awq.w_en.eq(axi.aw.valid),
@@ -288,13 +344,17 @@ class HbmModel(wiring.Component):
         w_addr = whead.addr + (w_index << sh)
         w_resp = self._beat_resp(w_addr, whead.bad)
         m.d.comb += [
-            wr_go.eq(awq.r_rdy & axi.w.valid & bq.w_rdy & wr_ok & ~self.host.we),
-            axi.w.ready.eq(awq.r_rdy & bq.w_rdy & wr_ok & ~self.host.we),
+            wr_go.eq(awq.r_rdy & axi.w.valid & bq.w_rdy & wr_ok & ~host.we),
+            axi.w.ready.eq(awq.r_rdy & bq.w_rdy & wr_ok & ~host.we),
         ]
-        with m.If(self.host.we):
-            m.d.comb += [wp.addr.eq(self.host.addr), wp.data.eq(self.host.wdata), wp.en.eq(-1)]
-        with m.Else():
-            m.d.comb += [wp.addr.eq(w_addr[sh:]), wp.data.eq(axi.w.data),
+        if host.shares_port:
+            with m.If(host.we):
+                m.d.comb += [wp.addr.eq(host.addr), wp.data.eq(host.wdata), wp.en.eq(-1)]
+            with m.Else():
+                m.d.comb += [wp.addr.eq(self.word_of(w_addr)[0]), wp.data.eq(axi.w.data),
+                             wp.en.eq(Mux(wr_go & (w_resp == RESP_OKAY), axi.w.strb, 0))]
+        else:
+            m.d.comb += [wp.addr.eq(self.word_of(w_addr)[0]), wp.data.eq(axi.w.data),
                          wp.en.eq(Mux(wr_go & (w_resp == RESP_OKAY), axi.w.strb, 0))]
         first_err = Mux(w_err != RESP_OKAY, w_err, w_resp)
         with m.If(wr_go):
@@ -313,5 +373,98 @@ class HbmModel(wiring.Component):
         ]
         return m
 
-    #: Cycles the read pipeline adds after a burst is started (memory read + R buffer).
-    _READ_PIPE = 3
+
+class HbmSystem(wiring.Component):
+    """Several HBM pseudo-channels behind an all-to-all switch, as the U280's AXI switch is used.
+
+    Every AXI port reaches every channel: byte address ``a`` is channel ``a // channel_bytes``,
+    local offset ``a % channel_bytes`` (the global HBM address space of
+    :mod:`ternopu.sw.compiler.layout`), so a program fetch or a parameter read through port 0 finds
+    data the compiler placed in any channel. One memory holds the first ``depth`` words of every
+    channel (word ``ch * depth + local // beat``); a beat beyond them, or in a channel ``>=
+    channels``, answers DECERR.
+
+    Timing: each port has its own :class:`HbmModel` engine (read latency, request queues, rate
+    credits); the rate limit is per *port*, not per channel -- exact when port ``p`` only touches
+    channel ``p`` (how the compiler places streams), optimistic when several ports hit one channel
+    in the same cycles.
+
+    Parameters
+    ----------
+    channels : int
+        AXI ports and channels (1..32).
+    channel_bytes : int
+        Address span of one channel, a power of two (U280: 256 MiB).
+    depth : int
+        Words backed per channel (``depth * beat <= channel_bytes``).
+    data_width, addr_width, id_width, read_latency, rate, queue_depth
+        As :class:`HbmModel`.
+    host_lanes : int
+        Words the host port moves per cycle (a testbench's per-cycle cost dominates loading).
+
+    Ports
+    -----
+    axi : In(AXI4Signature).array(channels)
+    host : In(WideHostPortSignature(data_width, channels * depth, host_lanes)) -- lane ``i`` is
+        word ``addr + i`` (word ``ch * depth + w`` is channel ``ch``'s word ``w``); a host write
+        pauses AXI writes for that cycle.
+    """
+
+    def __init__(self, channels: int, channel_bytes: int, depth: int, *,
+                 data_width: int = 256, addr_width: int = ADDR_WIDTH, id_width: int = ID_WIDTH,
+                 read_latency: int = U280_READ_LATENCY, rate: tuple[int, int] = (1, 1),
+                 queue_depth: int = 32, host_lanes: int = 1):
+        check_axi_params(data_width, addr_width, id_width)
+        bb = beat_bytes(data_width)
+        if not isinstance(channels, int) or not 1 <= channels <= U280_PORTS:
+            raise ConfigError(f"channels must be an int in [1, {U280_PORTS}], got {channels!r}")
+        if (not isinstance(channel_bytes, int) or channel_bytes < bb
+                or channel_bytes & (channel_bytes - 1) or channels * channel_bytes > 1 << addr_width):
+            raise ConfigError(f"channel_bytes must be a power of two >= {bb} with channels * "
+                              f"channel_bytes <= 2**addr_width, got {channel_bytes!r}")
+        if not isinstance(depth, int) or not 1 <= depth <= channel_bytes // bb:
+            raise ConfigError(f"depth must be an int in [1, channel_bytes / {bb} = {channel_bytes // bb}], "
+                              f"got {depth!r}")
+        _check_timing(read_latency, rate, queue_depth)
+        if not isinstance(host_lanes, int) or not 1 <= host_lanes <= 64:
+            raise ConfigError(f"host_lanes must be an int in [1, 64], got {host_lanes!r}")
+        self.host_lanes = host_lanes
+        self.channels, self.channel_bytes, self.depth = channels, channel_bytes, depth
+        self.data_width, self.addr_width, self.id_width = data_width, addr_width, id_width
+        self.read_latency, self.rate, self.queue_depth = read_latency, rate, queue_depth
+        self.beat_bytes = bb
+        super().__init__({
+            "axi": In(AXI4Signature(data_width, addr_width, id_width)).array(channels),
+            "host": In(WideHostPortSignature(data_width, channels * depth, host_lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, depth, bb, lanes = self.channels, self.depth, self.beat_bytes, self.host_lanes
+        total = n * depth
+        m.submodules.mem = mem = memory.Memory(shape=unsigned(self.data_width), depth=total, init=[])
+        rdata = []
+        for i in range(lanes):
+            hp = mem.read_port()
+            hw = mem.write_port()
+            a = self.host.addr + i
+            m.d.comb += [hp.addr.eq(a), hw.addr.eq(a),
+                         hw.data.eq(self.host.wdata[i * self.data_width:(i + 1) * self.data_width]),
+                         hw.en.eq(self.host.we[i] & (a < total))]
+            rdata.append(hp.data)
+        m.d.comb += self.host.rdata.eq(Cat(*rdata))
+        host_busy = self.host.we.any()
+        sh = bb.bit_length() - 1
+        csh = self.channel_bytes.bit_length() - 1
+
+        def word_of(addr):
+            ch = addr[csh:]
+            local = addr[sh:csh]
+            return ch * depth + local, (ch >= n) | (local >= depth)
+
+        for k in range(n):
+            rp = mem.read_port()
+            wp = mem.write_port(granularity=8)
+            m.submodules[f"port{k:02d}"] = _AxiEngine(self, self.axi[k], rp, wp, word_of,
+                                                      _HostWrite(host_busy, shares_port=False))
+        return m

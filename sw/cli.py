@@ -10,7 +10,9 @@
 Bad input (missing or malformed checkpoint / image, unsupported architecture, a model that does
 not fit, a device error code) prints ``error: <message>`` on stderr and exits with status 2, no
 traceback. The run report is JSON (schema in docs/compiler.md); the golden backend is functional,
-so it reports bytes and instructions but no cycles.
+so it reports bytes and instructions but no cycles; the verilator backend (the cycle-accurate
+overlay RTL) adds cycles per token, busy / stall cycles per unit and the bandwidth efficiency at
+the overlay's clock.
 """
 
 from __future__ import annotations
@@ -170,6 +172,13 @@ def run_report(image, session, result, backend: str, prompt) -> dict:
     eff = None
     if cycles:
         eff = rd_decode / (sum(cycles) / len(cycles) / clock) / peak
+    units = None
+    if cycles:
+        from ternopu.hw.isa import Unit
+
+        dec = [p for p in decode if p["counters"].get("CYCLES")]
+        units = {u.name: {kind: sum(p["counters"].get(f"{u.name}_{kind.upper()}", 0) for p in dec) / len(dec)
+                          for kind in ("busy", "stall")} for u in Unit}
     return {
         "format": REPORT_FORMAT, "version": 1, "backend": backend,
         "model": {"name": cfg.name, "family": cfg.family, "layers": cfg.layers, "hidden": cfg.hidden,
@@ -178,6 +187,9 @@ def run_report(image, session, result, backend: str, prompt) -> dict:
         "logits_sha256": _logits_digest(result.logits),
         "programs": per_prog,
         "cycles_per_token": (sum(cycles) / len(cycles)) if cycles else None,
+        "unit_cycles_per_token": units,
+        "tokens_per_s_at_clock": clock / (sum(cycles) / len(cycles)) if cycles else None,
+        "device": dict(getattr(session.device, "info", None) or {}),
         "cycles_note": None if cycles else f"the {backend} backend is functional: it counts instructions "
                                            "and bytes, not cycles",
         "bytes_per_port": {"read": port_totals(result.programs, "RD"), "write": port_totals(result.programs, "WR")},
@@ -204,6 +216,13 @@ def cmd_run(args, console: Console) -> int:
         raise CliError(f"--tokens must be >= 1, got {args.tokens}")
     image = read_image(args.image)
     kw = {"xclbin": args.xclbin} if args.backend == "xrt" else {}
+    if args.backend == "verilator":
+        from ternopu.sw.backends.verilator import FAST_BUILD
+
+        if args.max_cycles:
+            kw["max_cycles"] = args.max_cycles
+        if args.fast_build:
+            kw["build_args"] = FAST_BUILD
     device = open_device(args.backend, **kw)
     with device, _progress(console) as prog:
         session = Session(device, image)
@@ -245,6 +264,8 @@ def cmd_report(args, console: Console) -> int:
         ("generated ids", ",".join(map(str, rep["tokens"]))),
         ("cycles per token", "n/a (" + rep["cycles_note"] + ")" if rep["cycles_per_token"] is None
          else f"{rep['cycles_per_token']:.0f}"),
+        ("modelled tokens/s", "-" if not rep.get("tokens_per_s_at_clock")
+         else f"{rep['tokens_per_s_at_clock']:,.1f} @ {bw['clock_hz'] / 1e6:.0f} MHz"),
         ("HBM bytes read per decode token", f"{rep['decode_read_bytes_per_token']:,.0f}"),
         ("bandwidth-bound cycles/token", f"{bw['bandwidth_bound_cycles_per_token']:,.0f} @ {bw['clock_hz'] / 1e6:.0f} MHz"),
         ("bandwidth-bound tokens/s", f"{bw['bandwidth_bound_tokens_per_s']:,.0f}" if bw["bandwidth_bound_tokens_per_s"] else "-"),
@@ -267,6 +288,14 @@ def cmd_report(args, console: Console) -> int:
         if r or w:
             ports.add_row(str(q), f"{r:,}", f"{w:,}")
     console.print(ports)
+    if rep.get("unit_cycles_per_token"):
+        units = Table(title="cycles per decode token, per unit")
+        units.add_column("unit")
+        units.add_column("busy", justify="right")
+        units.add_column("stall", justify="right")
+        for u, v in rep["unit_cycles_per_token"].items():
+            units.add_row(u, f"{v['busy']:,.0f}", f"{v['stall']:,.0f}")
+        console.print(units)
     return 0
 
 
@@ -321,11 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="greedy decoding of an image on a backend")
     r.add_argument("--image", required=True)
-    r.add_argument("--backend", default="golden", choices=("golden", "xrt"))
+    r.add_argument("--backend", default="golden", choices=("golden", "verilator", "xrt"))
     r.add_argument("--prompt", required=True, help="comma-separated token ids")
     r.add_argument("--tokens", type=int, default=16)
     r.add_argument("--report", help="write the JSON run report here")
     r.add_argument("--xclbin", help="overlay xclbin (xrt backend)")
+    r.add_argument("--max-cycles", type=int, default=None, help="cycle bound of one program (verilator backend)")
+    r.add_argument("--fast-build", action="store_true",
+                   help="verilator backend: unoptimized simulator (quick to build, ~15x slower per cycle)")
     r.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="print a JSON run report as tables")

@@ -48,7 +48,7 @@ from ternopu.golden import nonlinear as nl
 from ternopu.golden import pe
 from ternopu.golden.bfp import DEFAULT_BFP, BFPFormat
 from ternopu.golden.bitnet import int8_act_quant, rescale
-from ternopu.golden.errors import FormatError
+from ternopu.golden.errors import ConfigError, FormatError
 from ternopu.golden.int4 import unpack_gptq
 from ternopu.golden.kivi import kivi_quantize_keys, kivi_quantize_values, unpack_kivi_codes
 from ternopu.golden.model import kv_source_layers, to_fp16_sat
@@ -103,6 +103,24 @@ class GoldenISS(Device):
         self._counters: dict[str, int] = {}
         self.buffers = [np.zeros(BUF_BYTES, dtype=np.uint8) for _ in range(isa.NUM_BUFFERS)]
         self.bitmask = np.zeros((isa.MAX_LAYERS, 2), dtype=bool)
+
+    @classmethod
+    def blank(cls, ports: int, channel_bytes: int, *, tlmm: TLMMConfig | None = None,
+              fmt: BFPFormat | None = None, exec_order=EXEC_ORDER) -> "GoldenISS":
+        """A simulator with zeroed HBM of ``ports`` channels x ``channel_bytes`` and no image.
+
+        Unit tests and :mod:`ternopu.sim.program_check` fill ``mem`` (or use :meth:`write`) and
+        ``buffers`` themselves. TLMM geometry and BFP format default to :class:`TLMMConfig` ()
+        and :data:`~ternopu.golden.bfp.DEFAULT_BFP`.
+        """
+        if not isinstance(ports, int) or not 1 <= ports <= isa.HBM_PORTS:
+            raise ConfigError(f"ports must be an int in [1, {isa.HBM_PORTS}], got {ports!r}")
+        if not isinstance(channel_bytes, int) or channel_bytes <= 0 or channel_bytes % BEAT_BYTES:
+            raise ConfigError(f"channel_bytes must be a positive multiple of {BEAT_BYTES}, got {channel_bytes!r}")
+        iss = cls(tlmm or TLMMConfig(), fmt or DEFAULT_BFP, exec_order)
+        iss.geo = Geometry(ports, channel_bytes)
+        iss.mem = [np.zeros(1, dtype=np.uint8) for _ in range(ports)]  # grows on write
+        return iss
 
     # -- Device API -------------------------------------------------------------------------------
     def load(self, image) -> None:
