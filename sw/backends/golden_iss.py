@@ -348,7 +348,7 @@ class GoldenISS(Device):
             raise _Stop(ErrorCode.ILLEGAL_OPCODE, f"{ins.opcode} is not implemented by the golden ISS")
         try:
             handler(ins)
-        except FormatError as e:  # golden-function input checks
+        except (FormatError, ConfigError) as e:  # golden-function input / parameter checks (e.g. eps)
             raise _Stop(ErrorCode.SHAPE, f"{ins.opcode}: {e}") from None
 
     # LD / ST ------------------------------------------------------------------------------------------
