@@ -722,3 +722,14 @@ class StripedReader(wiring.Component):
                 with m.If(self.done.ready):
                     m.next = "IDLE"
         return m
+
+
+def dma_error_code(code):
+    """:class:`ternopu.hw.isa.ErrorCode` of a DMA completion code, the mapping every unit reports:
+    0 -> NONE, range -> HBM_RANGE, SLVERR / DECERR -> AXI_RESP, anything else non-zero -> HBM_RANGE."""
+    from amaranth import Mux
+
+    from . import isa
+    return Mux(code == DMA_ERR_RANGE, isa.ErrorCode.HBM_RANGE,
+               Mux((code == DMA_ERR_SLVERR) | (code == DMA_ERR_DECERR), isa.ErrorCode.AXI_RESP,
+                   Mux(code != 0, isa.ErrorCode.HBM_RANGE, isa.ErrorCode.NONE)))

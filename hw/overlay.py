@@ -81,7 +81,7 @@ from .axi import AXI4Signature
 from .axi_lite import axi4_lite_signature
 from .controller import FETCH_DEPTH, QUEUE_DEPTH, Controller
 from .csr import COUNTERS, CSR_ADDR_BITS, CSRBlock
-from .dma import DMA_ERR_DECERR, DMA_ERR_RANGE, DMA_ERR_SLVERR, DmaParams, DmaPort
+from .dma import DmaParams, DmaPort, dma_error_code
 from .overlay_config import OverlayConfig
 from .scratchpad import BankedMemory, ScratchReadSignature, ScratchWriteSignature
 from .unit_port import (ENGINE_UNITS, DmaReadClientSignature, DmaWriteClientSignature, StubUnit,
@@ -113,13 +113,6 @@ class SlotContext:
     @property
     def sp_words(self) -> int:
         return isa.NUM_BUFFERS * self.buf_words
-
-
-def _dma_error(code):
-    """ErrorCode of a failed DMA command of a unit (range -> HBM_RANGE, SLV/DECERR -> AXI_RESP)."""
-    return Mux(code == DMA_ERR_RANGE, isa.ErrorCode.HBM_RANGE,
-               Mux((code == DMA_ERR_SLVERR) | (code == DMA_ERR_DECERR), isa.ErrorCode.AXI_RESP,
-                   Mux(code != 0, isa.ErrorCode.HBM_RANGE, isa.ErrorCode.NONE)))
 
 
 class _LockingArbiter(wiring.Component):
@@ -304,7 +297,7 @@ class LoadUnit(wiring.Component):
                 with m.If(cur_done.valid):
                     m.d.comb += ctl.progress.eq(1)
                     with m.If(cur_done.payload != 0):
-                        m.d.sync += w.code.eq(_dma_error(cur_done.payload))
+                        m.d.sync += w.code.eq(dma_error_code(cur_done.payload))
                         m.next = "DONE"
                     with m.Else():
                         w.next_burst(m)
@@ -388,7 +381,7 @@ class StoreUnit(wiring.Component):
                 with m.If(cur_done.valid):
                     m.d.comb += ctl.progress.eq(1)
                     with m.If(cur_done.payload != 0):
-                        m.d.sync += w.code.eq(_dma_error(cur_done.payload))
+                        m.d.sync += w.code.eq(dma_error_code(cur_done.payload))
                         m.next = "DONE"
                     with m.Else():
                         w.next_burst(m)

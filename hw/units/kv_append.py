@@ -2,7 +2,7 @@
 quantized values, bit-exact with the golden ISS (``GoldenISS._op_kv_append``).
 
 Also holds the pieces the other KV units share: :class:`HbmBeatEngine` (global HBM byte address
--> DMA commands on the address's channel), :func:`scratch_read_signature`, and the KIVI
+-> DMA commands on the address's channel), and the KIVI
 quantizer datapath (:func:`kivi_quant_pipe`).
 
 HBM addressing
@@ -73,10 +73,12 @@ from amaranth.lib.wiring import In, Out
 from ternopu.golden.errors import ConfigError
 from ternopu.hw import isa
 from ternopu.hw.fpu import Pipe, Val, _round_pack, f2h, f2i, fsub, lzc
-from ternopu.hw.overlay import SlotContext, _dma_error
+from ternopu.hw.dma import dma_error_code
+from ternopu.hw.overlay import SlotContext
+from ternopu.hw.scratchpad import ScratchReadSignature
 from ternopu.hw.unit_port import DmaReadClientSignature, DmaWriteClientSignature, UnitPortSignature
 
-__all__ = ["HbmBeatEngine", "KVAppendUnit", "scratch_read_signature", "kivi_quant_pipe",
+__all__ = ["HbmBeatEngine", "KVAppendUnit", "kivi_quant_pipe",
            "QUANT_LATENCY", "ARITH_CYCLES", "KV_DESC_MAGIC", "DESC_BEATS", "SeqArith",
            "channel_bytes_of"]
 
@@ -100,40 +102,6 @@ def channel_bytes_of(ctx: SlotContext, channel_bytes) -> int:
     if not isinstance(cb, int) or cb < 32 or cb & (cb - 1):
         raise ConfigError(f"channel_bytes must be a power of two >= 32 (bytes behind one HBM port), got {cb!r}")
     return cb
-
-
-# ----------------------------------------------------------------------------------------------
-# scratchpad port signatures (request/grant protocol of the overlay)
-# ----------------------------------------------------------------------------------------------
-class _ScratchReadSig(wiring.Signature):
-    def __init__(self, words: int):
-        super().__init__({"req": Out(1), "addr": Out(range(words)), "gnt": In(1), "rvalid": In(1),
-                          "data": In(isa.INSTR_BITS)})
-
-
-class _ScratchWriteSig(wiring.Signature):
-    def __init__(self, words: int):
-        super().__init__({"req": Out(1), "addr": Out(range(words)), "data": Out(isa.INSTR_BITS),
-                          "gnt": In(1)})
-
-
-def _overlay_sig(name, ctx, fallback):
-    from ternopu.hw import overlay
-    cls = getattr(overlay, name, None)
-    if cls is not None:
-        sig = cls(ctx)
-        if "gnt" in sig.members:
-            return sig
-    return fallback(ctx.sp_words)
-
-
-def scratch_read_signature(ctx: SlotContext) -> wiring.Signature:
-    """The overlay's ``ScratchReadSignature`` (request/grant) or an identical local one."""
-    return _overlay_sig("ScratchReadSignature", ctx, _ScratchReadSig)
-
-
-def scratch_write_signature(ctx: SlotContext) -> wiring.Signature:
-    return _overlay_sig("ScratchWriteSignature", ctx, _ScratchWriteSig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,7 +217,7 @@ class HbmBeatEngine(wiring.Component):
                         with m.If(dv):
                             m.d.comb += self.progress.eq(1)
                             with m.If(dp != 0):
-                                m.d.sync += code.eq(_dma_error(dp))
+                                m.d.sync += code.eq(dma_error_code(dp))
                                 m.next = "DONE"
                             with m.Else():
                                 m.d.sync += [addr.eq(addr + (cur_n << 5)), left.eq(left - cur_n)]
@@ -463,7 +431,7 @@ class KVAppendUnit(wiring.Component):
             "ctl": In(UnitPortSignature()),
             "rd": Out(DmaReadClientSignature(ctx.dma)).array(ctx.ports),
             "wr": Out(DmaWriteClientSignature(ctx.dma)).array(ctx.ports),
-            "sp_r": Out(scratch_read_signature(ctx)),
+            "sp_r": Out(ScratchReadSignature(ctx)),
             "flush": In(1),
         })
 

@@ -105,7 +105,8 @@ from .. import isa
 from ..fpu import Float32Div, f32_bits
 from ..isa import ErrorCode, NpeOp
 from ..npe import ActQuant, ActUnit, OnlineSoftmaxUnit, RMSNorm, RopeUnit, ToFp16
-from ..overlay import SlotContext, _dma_error
+from ..dma import dma_error_code
+from ..overlay import SlotContext
 from ..scratchpad import ScratchReadSignature, ScratchWriteSignature
 from ..unit_port import DmaReadClientSignature, UnitPortSignature
 
@@ -442,7 +443,7 @@ class NPEUnit(wiring.Component):
                 with m.If(f_busy & rq.done.valid):
                     m.d.sync += f_busy.eq(0)
                     with m.If((rq.done.payload != 0) & (dma_code == ErrorCode.NONE)):
-                        m.d.sync += dma_code.eq(_dma_error(rq.done.payload))
+                        m.d.sync += dma_code.eq(dma_error_code(rq.done.payload))
         m.d.comb += dma_beat.eq(f_busy & cur_valid)
         m.d.comb += [tab_w.addr.eq(tab_ptr[:5]), tab_w.data.eq(cur_data),
                      tab_w.en.eq(dma_beat & f_to_table),

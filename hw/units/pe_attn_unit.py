@@ -78,7 +78,7 @@ from ternopu.golden.pe import ALIGN_GUARD_BITS, aligned_acc_bits
 
 from .. import isa
 from ..bfp import rne_shift_right, rne_shift_signed
-from ..dma import DMA_ERR_DECERR, DMA_ERR_RANGE, DMA_ERR_SLVERR
+from ..dma import dma_error_code
 from ..fpu import FMUL_STAGES, Pipe, fmul
 from ..pe_array import ScaledToFloat32
 from ..scratchpad import ScratchReadSignature, ScratchWriteSignature
@@ -105,13 +105,6 @@ _F32_EXP_OFF = 127 + 12
 _DESC = ("magic", "layers", "kv_heads", "head_dim", "bits", "group", "residual", "max_pos", "kv_base",
          "kv_nports", "slot_bytes", "kv_layer_stride", "kg_base", "kg_bytes", "kg_layer_stride",
          "route_base", "route_bytes", "ring_base", "ring_rows", "ring_bytes", "ring_layer_stride")
-
-
-def _dma_code(code):
-    """ErrorCode of a DMA completion code (the overlay's mapping)."""
-    return Mux(code == DMA_ERR_RANGE, isa.ErrorCode.HBM_RANGE,
-               Mux((code == DMA_ERR_SLVERR) | (code == DMA_ERR_DECERR), isa.ErrorCode.AXI_RESP,
-                   Mux(code != 0, isa.ErrorCode.HBM_RANGE, isa.ErrorCode.NONE)))
 
 
 def _max_tree(vals):
@@ -300,7 +293,7 @@ class PEAttnUnit(wiring.Component):
                 with m.If(c.done.payload != 0):
                     m.d.sync += stop.eq(1)
                     with m.If(code == E.NONE):
-                        m.d.sync += code.eq(_dma_code(c.done.payload))
+                        m.d.sync += code.eq(dma_error_code(c.done.payload))
             with m.If(rx_port == q):
                 m.d.comb += [rx_valid.eq(c.data.valid), rx_data.eq(c.data.payload.data)]
         rx_fire = Signal()

@@ -51,7 +51,7 @@ from ..dequant import meta_bits, weight_beat_bits
 from ..pe_array import PEArray, PEConfig
 from ..scratchpad import ScratchReadSignature, ScratchWriteSignature
 from ..unit_port import DmaReadClientSignature, UnitPortSignature
-from .router_unit import dma_error_code
+from ..dma import dma_error_code
 
 __all__ = ["PELinearUnit", "PE_LINEAR_OPCODE"]
 

@@ -45,26 +45,18 @@ from ternopu.golden.pe import ALIGN_GUARD_BITS, aligned_acc_bits
 
 from .. import isa
 from ..bfp import BFP_EXP_BITS, BFPConverter, rne_shift_signed
-from ..dma import DMA_ERR_DECERR, DMA_ERR_RANGE, DMA_ERR_SLVERR
+from ..dma import dma_error_code
 from ..fpu import FADD_STAGES, Pipe, f32_lt, fadd, is_nonfinite
 from ..pe_array import ScaledToFloat32
 from ..scratchpad import ScratchReadSignature
 from ..unit_port import DmaReadClientSignature, MaskWriteSignature, UnitPortSignature
 
-__all__ = ["RouterUnit", "ROUTER_OPCODE", "RECON_CYCLES", "dma_error_code"]
+__all__ = ["RouterUnit", "ROUTER_OPCODE", "RECON_CYCLES"]
 
 ROUTER_OPCODE = isa.OPCODE_BY_NAME["ROUTER"].number
 #: Cycles from the aligned sum to the decision: reconstruction + binary32 add + compare register.
 RECON_CYCLES = ScaledToFloat32.LATENCY + FADD_STAGES + 1
 _FP16_ONE = 0x3C00   # ScaledToFloat32 with scale 1.0 is the plain acc * 2**e reconstruction
-
-
-def dma_error_code(code):
-    """ErrorCode of a DMA completion code (the overlay's mapping: range -> HBM_RANGE, SLVERR /
-    DECERR -> AXI_RESP, anything else non-zero -> HBM_RANGE)."""
-    return Mux(code == DMA_ERR_RANGE, isa.ErrorCode.HBM_RANGE,
-               Mux((code == DMA_ERR_SLVERR) | (code == DMA_ERR_DECERR), isa.ErrorCode.AXI_RESP,
-                   Mux(code != 0, isa.ErrorCode.HBM_RANGE, isa.ErrorCode.NONE)))
 
 
 def _fp16_nonfinite(word: int | object, n: int):

@@ -96,14 +96,14 @@ from ternopu.golden.errors import ConfigError
 from ternopu.golden.tlmm import GROUP
 
 from .. import isa
-from ..dma import DMA_ERR_DECERR, DMA_ERR_SLVERR
+from ..dma import DMA_ERR_DECERR, DMA_ERR_SLVERR, dma_error_code
 from ..fp32 import F32_BITS, Float32Mul
 from ..scratchpad import ScratchReadSignature, ScratchWriteSignature
 from ..tlmm import DEFAULT_CONFIG, TLMM, TLMMConfig
 from ..unit_port import DmaReadClientSignature, UnitPortSignature
 
 __all__ = ["TLMMUnit", "factory", "CHECK_CYCLES", "SCALE_LATENCY", "WORD_BITS", "WORD_BYTES",
-           "OUT_PER_WORD", "dma_error_code", "stream_words", "div_const"]
+           "OUT_PER_WORD", "stream_words", "div_const"]
 
 #: Bits / bytes of a scratch word and of a DMA data word (one 32-byte ISA beat).
 WORD_BITS = isa.INSTR_BITS
@@ -118,12 +118,6 @@ SCALE_LATENCY = Float32Mul.LATENCY
 _F32_EXP = slice(23, 31)
 #: Stripe ports addressable by the ISA (port numbers wrap modulo 32).
 _PORT_SPACE = isa.HBM_PORTS
-
-
-def dma_error_code(code):
-    """ErrorCode of a DMA completion code: range -> HBM_RANGE, SLVERR/DECERR -> AXI_RESP."""
-    return Mux((code == DMA_ERR_SLVERR) | (code == DMA_ERR_DECERR), isa.ErrorCode.AXI_RESP,
-               Mux(code != 0, isa.ErrorCode.HBM_RANGE, isa.ErrorCode.NONE))
 
 
 def div_const(x, d: int):
