@@ -225,6 +225,25 @@ class _BurstWalker:
     def out_of_range(self):
         return (self.port >= self.ctx.ports) | (self.addr[isa.HBM_ADDR_BITS:] != 0)
 
+    def issue(self, m, ctl, clients):
+        """ISSUE state body: end (abort / no bursts left), HBM_RANGE, or the next burst's DMA
+        command on the current port's client (``clients``: the unit's rd or wr array), then DATA."""
+        with m.If(ctl.abort | (self.left == 0)):
+            m.next = "DONE"
+        with m.Elif(self.out_of_range()):
+            m.d.sync += self.code.eq(isa.ErrorCode.HBM_RANGE)
+            m.next = "DONE"
+        with m.Else():
+            for q in range(self.ctx.ports):
+                with m.If(self.port == q):
+                    cmd = clients[q].cmd
+                    m.d.comb += [cmd.valid.eq(1), cmd.payload.addr.eq(self.addr),
+                                 cmd.payload.beats.eq(self.blen), cmd.payload.rows.eq(1),
+                                 cmd.payload.stride.eq(0)]
+                    with m.If(cmd.ready):
+                        m.d.comb += ctl.progress.eq(1)
+                        m.next = "DATA"
+
     def next_burst(self, m):
         m.d.sync += [self.addr.eq(self.addr + self.stride), self.left.eq(self.left - 1),
                      self.lane.eq(Mux(self.lane + 1 == self.nports, 0, self.lane + 1))]
@@ -273,22 +292,7 @@ class LoadUnit(wiring.Component):
                     with m.Else():
                         m.next = "ISSUE"
             with m.State("ISSUE"):
-                with m.If(ctl.abort | (w.left == 0)):
-                    m.next = "DONE"
-                with m.Elif(w.out_of_range()):
-                    m.d.sync += w.code.eq(isa.ErrorCode.HBM_RANGE)
-                    m.next = "DONE"
-                with m.Else():
-                    for q in range(ctx.ports):
-                        with m.If(w.port == q):
-                            m.d.comb += [rd[q].cmd.valid.eq(1),
-                                         rd[q].cmd.payload.addr.eq(w.addr),
-                                         rd[q].cmd.payload.beats.eq(w.blen),
-                                         rd[q].cmd.payload.rows.eq(1),
-                                         rd[q].cmd.payload.stride.eq(0)]
-                            with m.If(rd[q].cmd.ready):
-                                m.d.comb += ctl.progress.eq(1)
-                                m.next = "DATA"
+                w.issue(m, ctl, rd)
             with m.State("DATA"):
                 m.d.comb += [in_data.eq(1), self.sp_w.req.eq(cur_data.valid)]
                 with m.If(self.sp_w.req & self.sp_w.gnt):
@@ -351,22 +355,7 @@ class StoreUnit(wiring.Component):
                         m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.sync += asked.eq(0)
-                with m.If(ctl.abort | (w.left == 0)):
-                    m.next = "DONE"
-                with m.Elif(w.out_of_range()):
-                    m.d.sync += w.code.eq(isa.ErrorCode.HBM_RANGE)
-                    m.next = "DONE"
-                with m.Else():
-                    for q in range(ctx.ports):
-                        with m.If(w.port == q):
-                            m.d.comb += [wr[q].cmd.valid.eq(1),
-                                         wr[q].cmd.payload.addr.eq(w.addr),
-                                         wr[q].cmd.payload.beats.eq(w.blen),
-                                         wr[q].cmd.payload.rows.eq(1),
-                                         wr[q].cmd.payload.stride.eq(0)]
-                            with m.If(wr[q].cmd.ready):
-                                m.d.comb += ctl.progress.eq(1)
-                                m.next = "DATA"
+                w.issue(m, ctl, wr)
             with m.State("DATA"):
                 m.d.comb += self.sp_r.req.eq((asked != w.blen) & (buf.level + inflight < _STORE_FIFO))
                 with m.If(self.sp_r.req & self.sp_r.gnt):
