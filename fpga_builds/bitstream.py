@@ -8,8 +8,10 @@ Usage::
 Steps
 -----
 1. Build the :class:`~ternopu.hw.overlay_config.OverlayConfig` (board defaults, overridable) and
-   the Amaranth top (default ``ternopu.hw.overlay:Overlay``, called with the config; any
-   ``module:factory`` with the same port convention works, see :mod:`ternopu.fpga_builds.kernel`).
+   the Amaranth top (default ``ternopu.fpga_builds.units:make_overlay``, called with the config:
+   the integrated overlay that `make lint` / `make synth-estimate` check and the Verilator
+   backend simulates; any ``module:factory`` with the same port convention works, see
+   :mod:`ternopu.fpga_builds.kernel`).
 2. Write ``<out>/src/`` (overlay Verilog, ``ternopu_kernel`` wrapper, kernel.xml, ports.json), the
    board's flow files (U280: :mod:`~ternopu.fpga_builds.u280.flow`; V80:
    :mod:`~ternopu.fpga_builds.versal.flow`) and ``manifest.json``. Default ``<out>``:
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import shutil
@@ -50,7 +53,9 @@ __all__ = ["EXIT_NO_TOOLS", "EXIT_NO_TOP", "DEFAULT_TOP", "TOOLS", "find_tool", 
 
 EXIT_NO_TOOLS = 2
 EXIT_NO_TOP = 3
-DEFAULT_TOP = "ternopu.hw.overlay:Overlay"
+#: The integrated overlay as every flow builds it (:func:`ternopu.fpga_builds.units.make_overlay`:
+#: the real execution units at the default engine geometries).
+DEFAULT_TOP = "ternopu.fpga_builds.units:make_overlay"
 #: Vendor tools each board's flow needs: (executable, environment variable of its install root).
 TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
     "u280": (("vivado", "XILINX_VIVADO"), ("v++", "XILINX_VITIS")),
@@ -90,15 +95,21 @@ def missing_tools(board: str, environ=None) -> list[str]:
 
 
 def load_top(spec: str, config: OverlayConfig):
-    """Instantiate ``module:factory`` with ``config`` (or without arguments if it takes none)."""
+    """Instantiate ``module:factory`` with ``config`` (or without arguments if it takes none).
+
+    Whether the factory takes an argument is read from its signature, so a ``TypeError`` raised
+    while the top is built is not mistaken for "takes no config" (that would silently build the
+    default configuration instead of ``config``).
+    """
     module_name, _, attr = spec.partition(":")
     if not attr:
         raise ConfigError(f"--top must be MODULE:FACTORY, got {spec!r}")
     factory = getattr(importlib.import_module(module_name), attr)
     try:
-        return factory(config)
-    except TypeError:
-        return factory()
+        takes_config = bool(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):  # no introspectable signature: try the documented call
+        takes_config = True
+    return factory(config) if takes_config else factory()
 
 
 def generate(config: OverlayConfig, top, out_dir: Path, platform: str | None = None) -> dict:
@@ -161,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         top = load_top(args.top, config)
     except (ImportError, AttributeError) as e:
         print(f"bitstream: cannot load the overlay top {args.top!r}: {e}\n"
-              f"  (hw/overlay.py may not exist yet; pass --top MODULE:FACTORY of a component with "
-              f"the port convention of ternopu.fpga_builds.kernel)", file=sys.stderr)
+              f"  (pass --top MODULE:FACTORY of a component with the port convention of "
+              f"ternopu.fpga_builds.kernel)", file=sys.stderr)
         return EXIT_NO_TOP
     manifest = generate(config, top, out, args.platform)
     print(f"bitstream: generated the {args.board} build directory {out}/: "

@@ -15,8 +15,11 @@ Every unit can also be named on the command line (``python -m ternopu.fpga_build
 The units of :data:`DEFAULT_DESIGN` together make the default U280 configuration; their LUT sum
 is checked against :data:`DESIGN_LUT_BUDGET` of the U280 when all of them were synthesized.
 
-The overlay is built by :func:`make_overlay` only, so that the engine slots it contains (stubs
-today, the integrated units later) are switched in one place.
+The overlay is built by :func:`make_overlay` only: the integrated overlay, its engine slots filled
+by the real execution units of :func:`ternopu.hw.units.default_units` (the mapping the Verilator
+backend simulates), at the U280 engine geometries (``overlay``, full set) or at the small engines
+of the Verilator layer tests (``overlay_ci``, CI set). The bitstream flow
+(:data:`ternopu.fpga_builds.bitstream.DEFAULT_TOP`) builds it with the same function.
 """
 
 from __future__ import annotations
@@ -87,24 +90,98 @@ def _dma_port():
 
 # ---- the overlay ------------------------------------------------------------------------------
 
-def make_overlay(config=None):
-    """The top-level overlay for ``config`` (default: U280, 32 HBM ports) as the flows build it.
+#: Engine geometries :func:`make_overlay` accepts by name (:func:`engine_configs`).
+ENGINES = ("default", "ci")
 
-    The one place that decides which engine units fill the overlay's slots: today
-    ``ternopu.hw.overlay.Overlay``'s defaults (LoadUnit, StoreUnit and timing stubs for TLMM, PE
-    and NPE); pass the integrated units here once they exist. :func:`overlay_slots` reports what
-    was built.
+
+def engine_configs(engines="default"):
+    """``(TLMMConfig, PEConfig)`` of the overlay's TLMM and PE engines.
+
+    Parameters
+    ----------
+    engines : {"default", "ci"} or tuple of (TLMMConfig, PEConfig)
+        ``"default"``: the U280 engines (``ternopu.hw.tlmm.DEFAULT_CONFIG``,
+        ``ternopu.hw.pe_array.DEFAULT_CONFIG``). ``"ci"``: the small engines with which
+        ``tests/sim/test_overlay_layers.py`` runs two decoder layers bit-exact in Verilator
+        (TLMM 3 tables x 8 lanes, 768-bit beat; PE 8 x 4 DSPs, group 32; both up to
+        ``max_k = 512``, ``max_n = 256``). A pair is used as given.
+
+    Returns
+    -------
+    tuple of (TLMMConfig, PEConfig)
+
+    Raises
+    ------
+    ConfigError
+        ``engines`` is neither a known name nor a ``(TLMMConfig, PEConfig)`` pair.
+    """
+    from ternopu.golden.errors import ConfigError
+    from ternopu.hw import pe_array, tlmm
+
+    if isinstance(engines, str):
+        if engines == "default":
+            return tlmm.DEFAULT_CONFIG, pe_array.DEFAULT_CONFIG
+        if engines == "ci":
+            return (tlmm.TLMMConfig(tables=3, lanes=8, beat_bits=768, max_k=512, max_n=256, out_lanes=8),
+                    pe_array.PEConfig(rows=8, cols=4, group=32, out_lanes=1, drain_banks=4, max_k=512,
+                                      max_n=256))
+        raise ConfigError(f"make_overlay: unknown engines {engines!r}; expected one of {list(ENGINES)} "
+                          f"or a (TLMMConfig, PEConfig) pair")
+    if (isinstance(engines, tuple) and len(engines) == 2 and isinstance(engines[0], tlmm.TLMMConfig)
+            and isinstance(engines[1], pe_array.PEConfig)):
+        return engines
+    raise ConfigError(f"make_overlay: engines must be one of {list(ENGINES)} or a (TLMMConfig, PEConfig) "
+                      f"pair, got {engines!r}")
+
+
+def make_overlay(config=None, engines="default"):
+    """The integrated overlay top for ``config`` as every flow builds it.
+
+    The one place that decides what fills the overlay's engine slots, for `make lint`,
+    `make synth-estimate` and the U280 / V80 build directories (``bitstream.DEFAULT_TOP``): the
+    real execution units of :func:`ternopu.hw.units.default_units` (LoadUnit; StoreUnit +
+    KV_APPEND + MASK_STORE; TLMMUnit; PE_LINEAR + PE_ATTN + ROUTER; NPEUnit), the same mapping
+    the Verilator backend simulates. :func:`overlay_slots` reports what was built.
+
+    Parameters
+    ----------
+    config : OverlayConfig, optional
+        Board-level parameters (default ``OverlayConfig()``: U280, 32 HBM ports).
+    engines : {"default", "ci"} or tuple of (TLMMConfig, PEConfig)
+        TLMM and PE engine geometries (:func:`engine_configs`); ``"default"`` (the U280 engines)
+        unless given.
+
+    Returns
+    -------
+    ternopu.hw.overlay.Overlay
+
+    Raises
+    ------
+    ConfigError
+        Bad ``engines`` (:func:`engine_configs`) or a configuration the overlay or a unit rejects.
     """
     from ternopu.hw.overlay import Overlay
     from ternopu.hw.overlay_config import OverlayConfig
+    from ternopu.hw.units import default_units
 
-    return Overlay(config if config is not None else OverlayConfig())
+    tlmm, pe = engine_configs(engines)
+    return Overlay(config if config is not None else OverlayConfig(), units=default_units(tlmm, pe))
 
 
 def overlay_slots(top) -> dict[str, str]:
-    """``{slot: class name}`` of an overlay's engine slots (for reports)."""
+    """``{slot: class name}`` of an overlay's engine slots (for reports).
+
+    A slot that multiplexes several units (:class:`ternopu.hw.unit_mux.UnitMux`) is shown with
+    its units: ``"UnitMux[PELinearUnit, PEAttnUnit, RouterUnit]"``.
+    """
+    def name(v):
+        subs = getattr(v, "units", None)
+        if isinstance(subs, list) and subs:
+            return f"{type(v).__name__}[{', '.join(type(u).__name__ for u in subs)}]"
+        return type(v).__name__
+
     slots = getattr(top, "slots", None) or {}
-    return {getattr(k, "name", str(k)): type(v).__name__ for k, v in slots.items()}
+    return {getattr(k, "name", str(k)): name(v) for k, v in slots.items()}
 
 
 def _overlay_default():
@@ -119,14 +196,7 @@ OVERLAY_CI_PORTS = 2
 def _overlay_ci():
     from ternopu.hw.overlay_config import OverlayConfig
 
-    return make_overlay(OverlayConfig(hbm_ports=OVERLAY_CI_PORTS))
-
-
-_OVERLAY_FINDINGS = (
-    "hw/overlay.py LoadUnit/StoreUnit leave the DMA command's `stride` field undriven: Yosys "
-    "writes the constant as `always @* payload[99:66] = 0;` (ALWNEVER + UNDRIVEN, and an "
-    "event-driven simulator never runs that block); fix: drive `stride` (or the whole payload) "
-    "in the same comb domain as the other fields")
+    return make_overlay(OverlayConfig(hbm_ports=OVERLAY_CI_PORTS), engines="ci")
 
 
 # ---- TLMM ------------------------------------------------------------------------------------
@@ -169,12 +239,6 @@ def _dequant(rows, lanes):
     return make
 
 
-_PE_FINDINGS = (
-    "hw/pe_array.py (not owned by the FPGA flow): `packed[31]` of ScaledToFloat32 and Float32Add "
-    "is never read (declare `packed = Signal(31)`: the exponent check already catches a carry out "
-    "of an all-ones field, as in hw/fp32.py Float32Mul)")
-
-
 # ---- NPE ---------------------------------------------------------------------------------------
 
 def _npe(cls, *args):
@@ -208,10 +272,11 @@ _NPE_UNITS = [
 ]
 
 #: The units that make up the default U280 configuration; their LUT sum must stay within
-#: :data:`DESIGN_LUT_BUDGET` of the U280 (issue #7: at most half, SkipOPU used 98.85%).
-DEFAULT_DESIGN = ("overlay", "tlmm_full", "pe_default", "npe_rmsnorm", "npe_softmax",
-                  "npe_act_swiglu", "npe_act_relu2_glu", "npe_act_residual_add", "npe_rope",
-                  "npe_act_quant", "npe_router")
+#: :data:`DESIGN_LUT_BUDGET` of the U280 (issue #7: at most half, SkipOPU used 98.85%). The
+#: integrated ``overlay`` holds every engine (TLMM, PE array, NPE units, router, KV units), so it
+#: is the whole design; the engine units of the full set (``tlmm_full``, ``pe_default``, the NPE
+#: units) are parts of it, synthesized on their own for per-engine figures, and are not added.
+DEFAULT_DESIGN = ("overlay",)
 DESIGN_LUT_BUDGET = 0.5
 
 
@@ -255,24 +320,24 @@ UNITS: UnitRegistry = UnitRegistry(
         Unit("dma_port", "dma_port_top", _dma_port,
              "one HBM port: read + write DMA, AXI4 256-bit (hw/dma.py DmaPort)", ci=True),
         Unit("overlay_ci", "overlay_ci_top", _overlay_ci,
-             f"overlay top, {OVERLAY_CI_PORTS} HBM ports, engine slots as built by make_overlay()",
-             ci=True, full=False, open_findings=_OVERLAY_FINDINGS),
+             f"integrated overlay (make_overlay), {OVERLAY_CI_PORTS} HBM ports, small engines: TLMM 3 tables "
+             f"x 8 lanes, PE 8 x 4 DSPs (those of tests/sim/test_overlay_layers.py)",
+             ci=True, full=False),
         Unit("overlay", "overlay_top", _overlay_default,
-             "overlay top, default U280 OverlayConfig (32 HBM ports), engine slots as built by make_overlay()",
-             open_findings=_OVERLAY_FINDINGS),
+             "integrated overlay (make_overlay), default U280 OverlayConfig (32 HBM ports), default TLMM "
+             "(19 x 128) and PE (16 x 128 DSPs) engines: the whole default design",
+             note="elaborates tlmm_full and pe_default inside: Verilog generation alone takes many minutes"),
         Unit("tlmm_ci", "tlmm_ci_top", _tlmm_ci,
              f"TLMM engine, 19 tables x {TLMM_CI_LANES} lanes (default geometry, fewer lanes)", ci=True),
         Unit("tlmm_full", "tlmm_full_top", _tlmm_default,
              "TLMM engine, DEFAULT_CONFIG: 19 tables x 128 lanes (2432 keys/cycle), max_k 16384",
              note="Verilog generation alone takes ~2 min and yosys far longer"),
         Unit("pe_small", "pe_small_top", _pe("SMALL_CONFIG"),
-             "PE array SMALL_CONFIG: 8 x 4 DSP columns, 8 lanes", ci=True, full=False,
-             open_findings=_PE_FINDINGS),
+             "PE array SMALL_CONFIG: 8 x 4 DSP columns, 8 lanes", ci=True, full=False),
         Unit("pe_mid", "pe_mid_top", _pe("MID_CONFIG"),
-             "PE array MID_CONFIG: 8 x 16 DSPs, 32 lanes, Llama-2-7B shapes", open_findings=_PE_FINDINGS),
+             "PE array MID_CONFIG: 8 x 16 DSPs, 32 lanes, Llama-2-7B shapes"),
         Unit("pe_default", "pe_default_top", _pe("DEFAULT_CONFIG"),
-             "PE array DEFAULT_CONFIG: 16 x 128 DSP48E2, 256 lanes, 32 reconstruction units",
-             open_findings=_PE_FINDINGS),
+             "PE array DEFAULT_CONFIG: 16 x 128 DSP48E2, 256 lanes, 32 reconstruction units"),
         Unit("dequant_ci", "dequant_ci_top", _dequant(8, 32), "INT4 GPTQ dequant stream, 8 rows x 32 lanes",
              ci=True, full=False),
         Unit("dequant", "dequant_top", _dequant(16, 256),

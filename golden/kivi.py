@@ -15,6 +15,13 @@ Arithmetic (bit-exact; this is what the hardware quantizer and dequant unit comp
 Per group, with ``L = 2^bits - 1``:
 
 1. ``mn = min(x)``, ``mx = max(x)``: exact, stored float16 (``mn`` is one of the inputs).
+   **Signed zeros**: IEEE compares ``-0 == +0``, so a group holding both zeros (or only ``-0``)
+   has no unique minimum / maximum bit pattern (torch's reductions pick one depending on the
+   tensor shape). The rule: a zero ``mn`` or ``mx`` of either sign is replaced by ``+0``
+   (bits ``0x0000``) before any use, so the stored ``mn`` is never ``-0``. Then ``mx - mn`` is
+   never ``-0`` either (an exact zero difference ``x - x`` is ``+0`` in RNE, and
+   ``+0 - +0 = +0``), hence the stored ``scale`` is never ``-0``. Codes do not depend on the
+   sign of a zero ``mn``. The hardware quantizer follows the same rule.
 2. ``scale = float16(float32(mx) - float32(mn)) / float32(L))``: binary32 subtraction and
    division, each RNE, then RNE to binary16 (stored). No overflow is possible
    (``(mx - mn) / 3 <= 131008 / 3 < 65504``); a tiny range may underflow to ``scale = 0``.
@@ -234,10 +241,19 @@ def unpack_kivi_codes(
 # --------------------------------------------------------------------------------------------
 
 
+def _positive_zero(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with every zero (``-0`` or ``+0``) replaced by ``+0``; other values unchanged.
+
+    torch's ``amin`` / ``amax`` may return either zero of a group holding both (the choice depends
+    on the tensor shape); this makes the stored bits deterministic (module docstring, step 1).
+    """
+    return torch.where(x == 0, torch.zeros_like(x), x)
+
+
 def _quantize_last(xg: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize float16 groups laid out along the last axis; returns (codes, scale16, mn16)."""
-    mn = xg.amin(dim=-1)
-    mx = xg.amax(dim=-1)
+    mn = _positive_zero(xg.amin(dim=-1))
+    mx = _positive_zero(xg.amax(dim=-1))
     mn32 = mn.to(torch.float32)
     scale32 = (mx.to(torch.float32) - mn32) / torch.tensor(float(levels), dtype=torch.float32)
     scale = scale32.to(torch.float16)  # RNE, cannot overflow (see module docstring)

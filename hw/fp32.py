@@ -221,13 +221,13 @@ class Float32Mul(wiring.Component):
         m.d.comb += shifted.eq(norm >> shift)
         lost = Signal()
         m.d.comb += lost.eq((shifted << shift)[:48] != norm)
-        s2_keep = Signal(unsigned(24))
+        s2_keep = Signal(unsigned(F32_FRAC_BITS))  # fraction only: the leading one is in s2_exp
         s2_guard, s2_sticky = Signal(), Signal()
         s2_exp = Signal(unsigned(10))  # exponent field before rounding; >= 255 means overflow
         s2_sign, s2_zero, s2_nan, s2_valid = Signal(), Signal(), Signal(), Signal()
         with m.If(self.en):
             m.d.sync += [
-                s2_keep.eq(shifted[24:48]),
+                s2_keep.eq(shifted[24:24 + F32_FRAC_BITS]),
                 s2_guard.eq(shifted[23]),
                 s2_sticky.eq((shifted[:23] != 0) | lost),
                 s2_exp.eq(Mux(exp >= 1, exp[:10], 0)),

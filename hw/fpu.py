@@ -428,9 +428,11 @@ def f2h(p: Pipe, a: Val) -> Val:
     # half LSB weight 2^-24 for subnormals; shift = 13 for normal halves (be >= 113), else 126-eff
     rs = Signal(range(64), name=f"{p.name}_hrs{p._n}")
     m.d.comb += rs.eq(Mux(be >= 113, 13, Mux(126 - eff > 40, 40, 126 - eff)))
-    r = Signal(40 + 11, name=f"{p.name}_hr{p._n}")  # bits above the kept 11 are never set
+    # the half's 10 fraction bits over 40 guard / sticky bits; the leading one of a normal half
+    # (bit 50) is implied by hbe, and the bits above it are never set
+    r = Signal(40 + 10, name=f"{p.name}_hr{p._n}")
     m.d.comb += r.eq(Cat(Const(0, 40), mant) >> rs)
-    keep = p.reg(r[40:51], s, "hk")
+    keep = p.reg(r[40:50], s, "hk")
     g = p.reg(r[39], s, "hg")
     st = p.reg(r[:39] != 0, s, "hst")
     hbe = p.reg(Mux(be >= 113, be - 112, 0)[:5], s, "hbe")

@@ -197,12 +197,13 @@ class ScaledToFloat32(wiring.Component):
         m.d.comb += shifted.eq(wide >> right)
         lost = Signal()
         m.d.comb += lost.eq((shifted << right)[:pw + 24] != wide)
-        s2_keep = Signal(24)
+        # the fraction only: the leading one (shifted[24]) is implied by the exponent field
+        s2_keep = Signal(F32_FRAC_BITS)
         s2_guard, s2_sticky, s2_sign, s2_zero, s2_valid = Signal(), Signal(), Signal(), Signal(), Signal()
         s2_ef = Signal(signed(BFP_EXP_BITS + 6))  # biased exponent field before rounding
         with m.If(en):
             m.d.sync += [
-                s2_keep.eq(shifted[1:25]),
+                s2_keep.eq(shifted[1:1 + F32_FRAC_BITS]),
                 s2_guard.eq(shifted[0]),
                 s2_sticky.eq(lost),
                 s2_sign.eq(s1_sign),
@@ -212,13 +213,15 @@ class ScaledToFloat32(wiring.Component):
             ]
         # ---- stage 3: round half to even, pack -------------------------------------------------
         up = s2_guard & (s2_sticky | s2_keep[0])
-        packed = Signal(32)
-        m.d.comb += packed.eq(Cat(s2_keep[:F32_FRAC_BITS], s2_ef[:8]) + up)
+        # 31 bits: a carry out of an all-ones exponent field needs s2_ef >= F32_EXP_MAX, which
+        # ``bad`` already catches
+        packed = Signal(31)
+        m.d.comb += packed.eq(Cat(s2_keep, s2_ef[:8]) + up)
         bad = ~s2_zero & ((s2_ef < 1) | (s2_ef >= F32_EXP_MAX)
                           | (packed[F32_FRAC_BITS:F32_FRAC_BITS + 8] == F32_EXP_MAX))
         with m.If(en):
             m.d.sync += [
-                self.o.eq(Mux(s2_zero, 0, Cat(packed[:31], s2_sign))),
+                self.o.eq(Mux(s2_zero, 0, Cat(packed, s2_sign))),
                 self.o_valid.eq(s2_valid),
                 self.range_error.eq(s2_valid & bad),
             ]
@@ -308,13 +311,13 @@ class Float32Add(wiring.Component):
         # ---- stage 4: round half to even, pack ------------------------------------------------
         keep = s3_norm[3:27]
         up = s3_norm[2] & ((s3_norm[:2] != 0) | keep[0])
-        packed = Signal(32)
+        packed = Signal(31)  # a carry out of the exponent field needs s3_e >= F32_EXP_MAX: ``bad``
         m.d.comb += packed.eq(Cat(keep[:fb], s3_e[:8]) + up)
         bad = ~s3_zero & ((s3_e < 1) | (s3_e >= F32_EXP_MAX)
                           | (packed[fb:fb + 8] == F32_EXP_MAX))
         with m.If(en):
             m.d.sync += [
-                self.o.eq(Mux(s3_zero, 0, Cat(packed[:31], s3_sign))),
+                self.o.eq(Mux(s3_zero, 0, Cat(packed, s3_sign))),
                 self.o_valid.eq(s3_valid),
                 self.range_error.eq(s3_valid & bad),
             ]
@@ -559,7 +562,6 @@ class PEArray(wiring.Component):
             "qw": In(stream.Signature(unsigned(weight_beat_bits(cfg.rows, cfg.lanes)))),
             "meta": In(stream.Signature(unsigned(meta_bits(cfg.lanes)))),
             "out": Out(stream.Signature(cfg.out_layout())),
-            "busy": Out(1),
             "error": Out(1),
         })
 
@@ -642,7 +644,6 @@ class PEArray(wiring.Component):
                         with m.Else():
                             m.next = "RUN"
             with m.State("LOAD"):
-                m.d.comb += self.busy.eq(1)
                 m.d.comb += [conv.i.valid.eq(self.act.valid & (sent < n_act)),
                              self.act.ready.eq(conv.i.ready & (sent < n_act))]
                 with m.If(self.act.valid & self.act.ready):
@@ -650,7 +651,6 @@ class PEArray(wiring.Component):
                 with m.If(written == n_act):
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
                 can = en & ((credits != 0) | ~grp_end_beat)
                 m.d.comb += [deq.o.ready.eq(can), accept.eq(deq.o.valid & can)]
                 with m.If(accept):

@@ -669,10 +669,11 @@ class TLMM(wiring.Component):
 
         # ---- stage 1: beat register, activation read ---------------------------------------
         m.d.comb += rd.addr.eq(c)
-        k1 = Signal(unsigned(cfg.beat_bits))
+        # only the key bits are registered: the beat's padding above them is never read
+        k1 = Signal(unsigned(cfg.key_bits_used))
         v1, first1, last1, job1 = Signal(), Signal(), Signal(), Signal()
         scale1 = Signal(unsigned(F32_BITS))
-        m.d.sync += [k1.eq(self.keys.payload), v1.eq(accept), first1.eq(c == 0),
+        m.d.sync += [k1.eq(self.keys.payload[:cfg.key_bits_used]), v1.eq(accept), first1.eq(c == 0),
                      last1.eq(last_c), job1.eq(last_c & (r == row_tiles - 1)), scale1.eq(scale)]
 
         # ---- stage 2: tables, beat register ------------------------------------------------
@@ -680,7 +681,7 @@ class TLMM(wiring.Component):
         m.d.comb += [tb.act.eq(rd.data), tb.i_valid.eq(v1)]
         table_bus = Signal(unsigned(TABLE_WORD_BITS * T))  # broadcast to every lane
         m.d.comb += table_bus.eq(flatten_tables(tb.entries))
-        k2 = Signal(unsigned(cfg.beat_bits))
+        k2 = Signal(unsigned(cfg.key_bits_used))
         first2, last2, job2 = Signal(), Signal(), Signal()
         scale2 = Signal(unsigned(F32_BITS))
         m.d.sync += [k2.eq(k1), first2.eq(first1), last2.eq(last1), job2.eq(job1),

@@ -13,6 +13,9 @@ its own component (a LOAD engine, a KV_APPEND engine, ...) following the unit-sl
 * Scratchpad and history-buffer ports (``sp_r``, ``sp_w``, ``hist_r``, ``hist_w``) are not muxed:
   every unit keeps its own ports, concatenated into the slot's arrays in unit order (the order
   of ``units``), so a unit's scratch priority is fixed by that order.
+* A key may be :class:`When` (opcodes plus a condition on the command payload) to split one
+  opcode between units: ``PE_LINEAR`` with FP16 weights goes to the LM-head unit, the INT4
+  formats to the PE array. Entries are matched in order; the first match owns the instruction.
 * An opcode of the queue that no unit implements completes at once with ``missing_code``
   (default ``ILLEGAL_OPCODE``), never hangs.
 
@@ -31,7 +34,7 @@ from ternopu.golden.errors import ConfigError
 from . import isa
 from .unit_port import DmaReadClientSignature, DmaWriteClientSignature, MaskWriteSignature, UnitPortSignature
 
-__all__ = ["UnitMux", "MEM_PORTS"]
+__all__ = ["UnitMux", "When", "MEM_PORTS"]
 
 #: Memory-port members concatenated (not muxed) by :class:`UnitMux`.
 MEM_PORTS = ("sp_r", "sp_w", "hist_r", "hist_w")
@@ -45,6 +48,27 @@ def _ports(unit, name):
     return list(value) if unit.signature.members[name].dimensions else [value]
 
 
+class When:
+    """A :class:`UnitMux` key: the unit takes ``opcodes`` only where ``cond(payload)`` is 1.
+
+    Parameters
+    ----------
+    opcodes : str or tuple of str
+        Opcode names.
+    cond : callable
+        ``cond(ctl.cmd.payload) -> Value`` (1 bit), e.g. a field test on ``payload.instr``.
+    """
+
+    def __init__(self, opcodes, cond):
+        self.opcodes = (opcodes,) if isinstance(opcodes, str) else tuple(opcodes)
+        if not callable(cond):
+            raise ConfigError(f"When({self.opcodes}): cond must be callable, got {cond!r}")
+        self.cond = cond
+
+    def __repr__(self):
+        return f"When({self.opcodes!r}, {getattr(self.cond, '__name__', self.cond)!r})"
+
+
 class UnitMux(wiring.Component):
     """Several units behind one slot (module docstring).
 
@@ -52,8 +76,9 @@ class UnitMux(wiring.Component):
     ----------
     ctx : ternopu.hw.overlay.SlotContext
         Slot geometry (DMA parameters, ports, scratch and history sizes).
-    units : dict[tuple[str, ...] | str, factory or component]
-        Opcode name(s) -> the unit executing them; a factory is called with ``ctx``.
+    units : dict[str | tuple[str, ...] | When, factory or component]
+        Opcode name(s) -> the unit executing them; a factory is called with ``ctx``. An opcode may
+        appear in several entries only if every entry but the last is a :class:`When`.
     missing_code : ErrorCode
         Completion code of an opcode routed here that no unit implements.
     """
@@ -64,21 +89,26 @@ class UnitMux(wiring.Component):
         self.ctx = ctx
         self.units = []
         self.opcodes = []
+        self.conds = []
         seen = {}
-        for names, unit in units.items():
-            names = (names,) if isinstance(names, str) else tuple(names)
+        for key, unit in units.items():
+            cond = key.cond if isinstance(key, When) else None
+            names = key.opcodes if isinstance(key, When) else (key,) if isinstance(key, str) else tuple(key)
             for n in names:
                 if n not in isa.OPCODE_BY_NAME:
                     raise ConfigError(f"UnitMux: unknown opcode {n!r}")
-                if n in seen:
-                    raise ConfigError(f"UnitMux: opcode {n} given to two units")
-                seen[n] = True
+                if seen.get(n) == "all":
+                    raise ConfigError(f"UnitMux: opcode {n} given to two units (an earlier entry takes "
+                                      "all of it; only When entries may share an opcode, before the "
+                                      "catch-all)")
+                seen[n] = "all" if cond is None else "some"
             if callable(unit) and not isinstance(unit, wiring.Component):
                 unit = unit(ctx)
             if "ctl" not in unit.signature.members:
                 raise ConfigError(f"UnitMux: the unit for {names} has no 'ctl' port")
             self.units.append(unit)
             self.opcodes.append(tuple(isa.OPCODE_BY_NAME[n].number for n in names))
+            self.conds.append(cond)
         self.missing_code = missing_code
         members = lambda n: any(n in u.signature.members for u in self.units)  # noqa: E731
         sig = {"ctl": In(UnitPortSignature())}
@@ -108,8 +138,11 @@ class UnitMux(wiring.Component):
         opcode = ctl.cmd.payload.instr.header.opcode
         sel = Signal(range(n + 1))           # n: no unit implements the opcode
         m.d.comb += sel.eq(n)
-        for i in reversed(range(n)):
-            with m.If(_any_eq(opcode, self.opcodes[i])):
+        for i in reversed(range(n)):     # the first matching entry wins
+            match = _any_eq(opcode, self.opcodes[i])
+            if self.conds[i] is not None:
+                match = match & self.conds[i](ctl.cmd.payload)
+            with m.If(match):
                 m.d.comb += sel.eq(i)
         owner = Signal(range(n + 1))
         busy = Signal()

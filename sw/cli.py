@@ -31,7 +31,7 @@ from rich.text import Text
 
 from ternopu.golden.errors import TernopuError
 
-__all__ = ["main", "build_parser", "REPORT_FORMAT", "EXIT_USAGE"]
+__all__ = ["main", "build_parser", "run_report", "print_report", "REPORT_FORMAT", "EXIT_USAGE"]
 
 #: Exit status for bad input / failed runs (argparse uses it for usage errors too).
 EXIT_USAGE = 2
@@ -253,7 +253,12 @@ def _load_report(path) -> dict:
 
 
 def cmd_report(args, console: Console) -> int:
-    rep = _load_report(args.report)
+    print_report(_load_report(args.report), console)
+    return 0
+
+
+def print_report(rep: dict, console: Console) -> None:
+    """Print a run report (:func:`run_report`) as tables: totals, bytes per port, cycles per unit."""
     m = rep["model"]
     t = Table(title=f"{m['name']} on {rep['backend']} ({m['family']}, {m['kv_bits']}-bit KV, routers={m['routers']})")
     t.add_column("metric")
@@ -296,7 +301,6 @@ def cmd_report(args, console: Console) -> int:
         for u, v in rep["unit_cycles_per_token"].items():
             units.add_row(u, f"{v['busy']:,.0f}", f"{v['stall']:,.0f}")
         console.print(units)
-    return 0
 
 
 def cmd_plan(args, console: Console) -> int:

@@ -1,27 +1,38 @@
-"""``python -m ternopu.sw.demo`` (``make demo``): golden-model decode of two tiny models.
+"""``python -m ternopu.sw.demo`` (``make demo``): decode on the cycle-accurate overlay, check it
+against the golden model, then score the golden model against a float reference.
 
-The cycle-accurate overlay (RTL + driver) is NOT built yet: this demo runs the bit-exact PyTorch
-golden model, the definition the hardware will be checked against, and compares it with the float
-reference. Steps:
+Part 1 -- the overlay (the main job):
 
-1. Write a tiny BitNet b1.58 checkpoint (HF float-master format, bf16 safetensors) and a tiny
-   INT4 Llama checkpoint (GPTQ format) with random weights into a temporary directory.
-2. Load both with the real loaders (:mod:`ternopu.golden.loaders`).
-3. Greedy-decode 16 tokens with the golden model and score the float reference on the same tokens
-   (top-1 agreement, mean KL(ref || golden)); once with FP16 KV and no routers, once with routers
-   on and a 2-bit KIVI KV cache.
-4. Print a table. Tokens/s is the speed of the golden *simulator on this CPU*, not of hardware.
+1. Write a small BitNet b1.58 checkpoint (HF float-master format, bf16 safetensors, routers) with
+   random weights and load it with the real loader (:mod:`ternopu.golden.loaders`).
+2. Compile it (:func:`ternopu.sw.compiler.build_image`) for a 2-port overlay with small engines
+   (:data:`OVERLAY_ENGINES`): HBM image (weights per unit format, KV regions, route history) and
+   the decode programs.
+3. Build the Verilated overlay (all real units, cached in ``sim_build/``; the first build takes
+   minutes) and greedy-decode :data:`DEMO_TOKENS` tokens on it through the Device API, with a
+   progress bar; decode the same prompt on the golden model.
+4. Compare token ids and every step's logits bit for bit, and print the run report (``ternopu
+   report``'s table): cycles per token, modelled tokens/s at the overlay clock (300 MHz), HBM
+   bytes, bandwidth efficiency against the 2 ports' peak, busy cycles per unit, KV bytes saved.
+   Memory model: the HDL HBM model, 45-cycle read latency, one 32-byte beat per cycle per port.
 
-Exit status 1 if an accuracy check fails.
+Part 2 -- accuracy (golden model vs float reference): a BitNet and an INT4 Llama (GPTQ)
+checkpoint, greedy decode of 16 tokens, top-1 agreement and mean KL, once with FP16 KV and no
+routers and once with routers and a 2-bit KIVI KV cache.
+
+``--golden-only`` skips part 1. Exit status 1 if the overlay differs from the golden model or an
+accuracy check fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -33,7 +44,39 @@ from ternopu.golden.reference import (
     compare_greedy,
     random_bitnet_weights,
     random_llama_weights,
+    random_router_weights,
 )
+from ternopu.hw.overlay_config import OverlayConfig
+from ternopu.hw.pe_array import PEConfig
+from ternopu.hw.tlmm import TLMMConfig
+
+# ---- part 1: the overlay ---------------------------------------------------------------------------
+#: The overlay demo's model: 2 layers, hidden 64, GQA, routers on, FP16 KV (the shapes of the
+#: end-to-end test tests/sim/test_e2e_overlay.py, which shares the Verilator build).
+_OVERLAY_SHAPES = dict(layers=2, hidden=64, heads=2, head_dim=32, ffn=128, vocab=128, int4_group=32, max_pos=32,
+                       kv_group=8, kv_residual=8, routers=True, router_threshold=-0.5)
+
+
+def overlay_model(family: str = "bitnet", kv_bits: int = 16):
+    """The overlay demo's shapes for either family (BitNet with GQA, INT4 Llama with group 32)."""
+    base = BITNET_TINY if family == "bitnet" else LLAMA_TINY
+    return base.replace(name=f"{family}-overlay-demo", kv_heads=1 if family == "bitnet" else 2, kv_bits=kv_bits,
+                        **_OVERLAY_SHAPES)
+
+
+OVERLAY_MODEL = overlay_model()
+#: Engines of the demo / test overlay: TLMM 3 tables x 8 lanes (3 words per beat), PE array 8 x 4
+#: DSPs with INT4 group 32 (small, so the Verilator build takes minutes, not hours).
+OVERLAY_ENGINES = (TLMMConfig(tables=3, lanes=8, beat_bits=768, max_k=512, max_n=256, out_lanes=8),
+                   PEConfig(rows=8, cols=4, group=32, out_lanes=1, drain_banks=4, max_k=512, max_n=256))
+#: HBM ports of the demo overlay.
+OVERLAY_PORTS = 2
+OVERLAY_PROMPT = [1, 5, 7]
+#: Tokens generated on the overlay by the end-to-end test (tests/sim/test_e2e_overlay.py).
+OVERLAY_TOKENS = 16
+#: Tokens generated on the overlay by ``make demo`` (each costs ~14k simulated cycles, ~40 s of
+#: the unoptimised Verilator build on a 2-core machine; ``--tokens`` changes it).
+DEMO_TOKENS = 8
 
 #: Tokens decoded per run.
 DECODE_TOKENS = 16
@@ -85,11 +128,83 @@ def _run(directory: Path, kind: str) -> dict:
     }
 
 
+def overlay_image(root: Path):
+    """Checkpoint -> loader -> compiler -> image on disk -> image (the CLI's path). Returns
+    ``(image, cfg, weights)``."""
+    from ternopu.sw.compiler import build_image, read_image, write_image
+
+    cfg = OVERLAY_MODEL
+    w = random_bitnet_weights(cfg, 2026)
+    w.update(random_router_weights(cfg, 2027))
+    cfg, weights = load_checkpoint(save_hf_checkpoint(root / "bitnet-hf", cfg, w))
+    image = build_image(cfg, weights, overlay=OverlayConfig(hbm_ports=OVERLAY_PORTS), tlmm=OVERLAY_ENGINES[0])
+    return read_image(write_image(image, root / "image")), cfg, weights
+
+
+def run_overlay(console: Console, tokens: int = DEMO_TOKENS) -> bool:
+    """Part 1 (module docstring). Returns True when the overlay matched the golden model."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ternopu.hw.units import default_units
+    from ternopu.sw.backends.verilator import FAST_BUILD, VerilatorDevice
+    from ternopu.sw.cli import print_report, run_report
+    from ternopu.sw.device import Session
+
+    with tempfile.TemporaryDirectory(prefix="ternopu-demo-") as tmp:
+        image, cfg, weights = overlay_image(Path(tmp))
+    console.print(f"compiled {cfg.name} (HF checkpoint -> loader -> image): {cfg.layers} layers, hidden "
+                  f"{cfg.hidden}, vocab {cfg.vocab}, routers on (threshold {cfg.router_threshold}), FP16 KV; "
+                  f"{image.plan.used_bytes:,} bytes of HBM over {OVERLAY_PORTS} ports")
+    golden = GoldenModel.from_config_and_weights(cfg, weights, linear_path="matmul")
+    ref_tokens = golden.generate(OVERLAY_PROMPT, tokens)
+    ref_logits = golden.step_logits[len(OVERLAY_PROMPT) - 1:]
+    device = VerilatorDevice(units=default_units(*OVERLAY_ENGINES), build_args=FAST_BUILD, max_cycles=5_000_000)
+    with device:
+        t0 = time.perf_counter()
+        with console.status("building / starting the Verilated overlay (cached in sim_build/; the first "
+                            "build takes several minutes)"):
+            session = Session(device, image)
+        console.print(f"overlay simulator ready in {time.perf_counter() - t0:.0f} s")
+        cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*cols, console=console) as prog:
+            task = prog.add_task("cycle-accurate decode", total=tokens)
+            result = session.generate(OVERLAY_PROMPT, tokens,
+                                      progress=lambda i, n: prog.update(task, completed=i))
+        report = run_report(image, session, result, "verilator", OVERLAY_PROMPT)
+    same_tokens = result.tokens == ref_tokens
+    same_logits = len(result.logits) == len(ref_logits) and all(
+        a.contiguous().view(torch.int32).equal(b.contiguous().view(torch.int32))
+        for a, b in zip(result.logits, ref_logits))
+    print_report(report, console)
+    cycles = sum(p["cycles"] or 0 for p in report["programs"])
+    wall = sum(p["wall_seconds"] for p in report["programs"])
+    console.print(f"simulation: {cycles:,} cycles of the whole run in {wall:.0f} s of host time "
+                  f"({cycles / wall:,.0f} simulated cycles/s, unoptimised Verilator build)")
+    console.print(f"overlay tokens: {result.tokens}")
+    console.print(f"golden  tokens: {ref_tokens}")
+    if same_tokens and same_logits:
+        console.print(f"[bold green]overlay == golden model: {tokens} token ids and every step's logits "
+                      "identical bit for bit[/]")
+        return True
+    console.print("[bold red]overlay differs from the golden model "
+                  f"(token ids {'equal' if same_tokens else 'differ'}, logits differ)[/]")
+    return False
+
+
 def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ternopu.sw.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--golden-only", action="store_true", help="skip the cycle-accurate overlay part")
+    ap.add_argument("--tokens", type=int, default=DEMO_TOKENS, help="tokens generated on the overlay")
+    args = ap.parse_args(argv)
+    if args.tokens < 1:
+        ap.error(f"--tokens must be >= 1, got {args.tokens}")
     console = Console(width=120)
-    console.print("[bold yellow]ternopu demo: the cycle-accurate overlay is not built yet; this runs "
-                  "the bit-exact golden model (PyTorch) on the CPU.[/]")
     start = time.perf_counter()
+    overlay_ok = True
+    if not args.golden_only:
+        console.rule("part 1: cycle-accurate overlay vs golden model")
+        overlay_ok = run_overlay(console, args.tokens)
+    console.rule("part 2: golden model vs float reference")
     rows = []
     with tempfile.TemporaryDirectory(prefix="ternopu-demo-") as tmp:
         bit_dir, llama_dir = _write_checkpoints(Path(tmp))
@@ -113,7 +228,7 @@ def main(argv=None) -> int:
     if not all(r["ok"] for r in rows):
         console.print("[bold red]accuracy check failed[/]")
         return 1
-    return 0
+    return 0 if overlay_ok else 1
 
 
 if __name__ == "__main__":

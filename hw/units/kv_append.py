@@ -45,12 +45,11 @@ one instruction at a time, so nothing else writes these bytes in between.
 
 Quantizer (bit-exact with :func:`ternopu.golden.kivi._quantize_last`)
 --------------------------------------------------------------------
-Per group: ``mn``/``mx`` by ordered fp16 compares (IEEE: ``-0 == +0``; among equal values the
-*last* one for keys and the *first* one for values). Which zero the golden stores when a group's
-min/max is a zero of either sign is decided by torch's vectorized CPU reductions and depends on
-the tensor shape (measured: keys give the last equal element at head_dim 128, the first at
-head_dim <= 48); the rule here matches head_dim 128. The golden should canonicalize zeros
-(``mn + 0``), then this becomes "+0" -- only the sign of a stored zero is affected. Then one pipelined
+Per group: ``mn``/``mx`` by ordered fp16 compares (IEEE: ``-0 == +0``), a zero of either sign
+entering the ``mn``/``mx`` register as ``+0`` (:func:`_f16_pos_zero`), so a zero min / max is
+stored as ``+0`` and ``scale`` is never ``-0`` -- the golden's signed-zero rule
+(:mod:`ternopu.golden.kivi`, Arithmetic step 1). Equal non-zero finite fp16 values have equal
+bits, so which of several equal elements is kept does not matter. Then one pipelined
 datapath for both the scale and the codes: ``a = fl32(fl32(x) - fl32(mn))`` (fpu ``fsub``),
 ``y = fl32(a / s)`` with ``s`` a binary16 divisor (``L`` for the scale, the stored scale for the
 codes; a radix-2 long division, two quotient bits per stage, correctly rounded), then
@@ -127,13 +126,20 @@ class HbmBeatEngine(wiring.Component):
     abort : In(1)
     progress : Out(1) -- a command or beat moved this cycle
     rd, wr : DMA clients, one per port
+
+    With ``reads=False`` the engine only writes: no ``rd`` clients and no ``rdata`` (every request
+    is a write, whatever its ``write`` field says).
     """
 
-    def __init__(self, ctx: SlotContext, *, channel_bytes=None, global_dma_addr: bool = False):
+    def __init__(self, ctx: SlotContext, *, channel_bytes=None, global_dma_addr: bool = False,
+                 reads: bool = True):
+        if not isinstance(reads, bool):
+            raise ConfigError(f"HbmBeatEngine: reads must be a bool, got {reads!r}")
         self.ctx = ctx
         self.cb = channel_bytes_of(ctx, channel_bytes)
         self.global_dma_addr = global_dma_addr
-        super().__init__({
+        self.reads = reads
+        members = {
             "req": In(stream.Signature(HBM_REQ_LAYOUT)),
             "rdata": Out(stream.Signature(isa.INSTR_BITS)),
             "wdata": In(stream.Signature(isa.INSTR_BITS)),
@@ -142,13 +148,16 @@ class HbmBeatEngine(wiring.Component):
             "progress": Out(1),
             "rd": Out(DmaReadClientSignature(ctx.dma)).array(ctx.ports),
             "wr": Out(DmaWriteClientSignature(ctx.dma)).array(ctx.ports),
-        })
+        }
+        if not reads:
+            del members["rdata"], members["rd"]
+        super().__init__(members)
 
-    def elaborate(self, platform):
+    def elaborate(self, platform):  # noqa: C901 - one FSM, reads optional
         m = Module()
         ctx, P = self.ctx, self.ctx.ports
         lg = self.cb.bit_length() - 1
-        write = Signal()
+        write = Signal() if self.reads else Const(1, 1)
         addr = Signal(_ADDR)
         left = Signal(20)
         cur_n = Signal(range(ctx.dma.max_burst + 1))
@@ -164,15 +173,17 @@ class HbmBeatEngine(wiring.Component):
         m.d.comb += n.eq(Mux(n0 > ctx.dma.max_burst, ctx.dma.max_burst, n0))
         cmd_addr = addr if self.global_dma_addr else local
         for q in range(P):
-            m.d.comb += [self.rd[q].data.ready.eq(1), self.rd[q].done.ready.eq(1),
-                         self.wr[q].done.ready.eq(1)]
+            m.d.comb += self.wr[q].done.ready.eq(1)
+            if self.reads:
+                m.d.comb += [self.rd[q].data.ready.eq(1), self.rd[q].done.ready.eq(1)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.req.ready.eq(1)
                 with m.If(self.req.valid):
                     p = self.req.payload
-                    m.d.sync += [write.eq(p.write), addr.eq(p.addr), left.eq(p.beats),
-                                 code.eq(isa.ErrorCode.NONE)]
+                    m.d.sync += [addr.eq(p.addr), left.eq(p.beats), code.eq(isa.ErrorCode.NONE)]
+                    if self.reads:
+                        m.d.sync += write.eq(p.write)
                     # the whole access is checked first (nothing moves), as the ISS does
                     with m.If(p.addr + (p.beats << 5) > P * self.cb):
                         m.d.sync += code.eq(isa.ErrorCode.HBM_RANGE)
@@ -189,31 +200,41 @@ class HbmBeatEngine(wiring.Component):
                 with m.Else():
                     for q in range(P):
                         with m.If(ch == q):
-                            for c in (self.rd[q], self.wr[q]):
+                            for c in (self.rd[q], self.wr[q]) if self.reads else (self.wr[q],):
                                 m.d.comb += [c.cmd.payload.addr.eq(cmd_addr), c.cmd.payload.beats.eq(n),
                                              c.cmd.payload.rows.eq(1), c.cmd.payload.stride.eq(0)]
-                            m.d.comb += [self.rd[q].cmd.valid.eq(~write), self.wr[q].cmd.valid.eq(write)]
-                            with m.If(Mux(write, self.wr[q].cmd.ready, self.rd[q].cmd.ready)):
+                            m.d.comb += self.wr[q].cmd.valid.eq(write)
+                            if self.reads:
+                                m.d.comb += self.rd[q].cmd.valid.eq(~write)
+                                cmd_ready = Mux(write, self.wr[q].cmd.ready, self.rd[q].cmd.ready)
+                            else:
+                                cmd_ready = self.wr[q].cmd.ready
+                            with m.If(cmd_ready):
                                 m.d.comb += self.progress.eq(1)
                                 m.d.sync += [cur.eq(q), cur_n.eq(n)]
                                 m.next = "DATA"
             with m.State("DATA"):
                 for q in range(P):
                     with m.If(cur == q):
-                        rd, wr = self.rd[q], self.wr[q]
-                        m.d.comb += [rd.done.ready.eq(0), wr.done.ready.eq(0)]
-                        m.d.comb += [self.rdata.valid.eq(~write & rd.data.valid),
-                                     self.rdata.payload.eq(rd.data.payload.data),
-                                     rd.data.ready.eq(self.rdata.ready | write)]
+                        wr = self.wr[q]
                         m.d.comb += [wr.data.valid.eq(write & self.wdata.valid & (sent != cur_n)),
                                      wr.data.payload.eq(self.wdata.payload),
                                      self.wdata.ready.eq(write & wr.data.ready & (sent != cur_n))]
-                        with m.If((self.rdata.valid & self.rdata.ready) | (self.wdata.valid & self.wdata.ready)):
+                        beat = self.wdata.valid & self.wdata.ready
+                        dv, dp = wr.done.valid, wr.done.payload
+                        m.d.comb += wr.done.ready.eq(write)
+                        if self.reads:
+                            rd = self.rd[q]
+                            m.d.comb += [self.rdata.valid.eq(~write & rd.data.valid),
+                                         self.rdata.payload.eq(rd.data.payload.data),
+                                         rd.data.ready.eq(self.rdata.ready | write)]
+                            beat |= self.rdata.valid & self.rdata.ready
+                            dv = Mux(write, wr.done.valid, rd.done.valid)
+                            dp = Mux(write, wr.done.payload, rd.done.payload)
+                            m.d.comb += rd.done.ready.eq(~write)
+                        with m.If(beat):
                             m.d.comb += self.progress.eq(1)
                             m.d.sync += sent.eq(sent + 1)
-                        dv = Mux(write, wr.done.valid, rd.done.valid)
-                        dp = Mux(write, wr.done.payload, rd.done.payload)
-                        m.d.comb += [rd.done.ready.eq(~write), wr.done.ready.eq(write)]
                         with m.If(dv):
                             m.d.comb += self.progress.eq(1)
                             with m.If(dp != 0):
@@ -291,6 +312,8 @@ def _h2f(m: Module, h: Value, name: str):
 def _div_f32_by_f16(p: Pipe, a: Val, s: Val) -> Val:
     """``fl32(a / s)`` for binary32 ``a >= 0`` (zero or normal) and binary16 ``s > 0``, RNE.
 
+    ``s`` may be given as its 15 magnitude bits (the sign bit is never read).
+
     Radix-2 long division of the 24-bit significand by the 11-bit (normalized) divisor, two
     quotient bits per stage; the sign of ``a`` is kept (``-0 / s = -0``). The quotients that occur
     in the quantizer are normal binary32 numbers (module docstring)."""
@@ -315,23 +338,29 @@ def _div_f32_by_f16(p: Pipe, a: Val, s: Val) -> Val:
     sg_v = p.reg(x[31], st, "dsg")
     rem_v = p.reg(ma[14:24], st, "drem")      # the first 10 dividend bits are below any divisor
     lo_v = p.reg(ma[:14], st, "dlo")          # remaining dividend bits (then 13 zeros)
-    q_v = p.reg(Const(0, 27), st, "dq")
+    q_v = None                                # quotient bits so far, first bit on top
     stage = st + 1
     bits_done = 0
     QB = 27
     while bits_done < QB:
-        rem, lo, q, d = p.at(rem_v, stage), p.at(lo_v, stage), p.at(q_v, stage), p.at(ms_v, stage)
+        rem, d = p.at(rem_v, stage), p.at(ms_v, stage)
+        q = p.at(q_v, stage) if q_v is not None else None
+        # dividend bits i >= 13 come from lo; below that they are zeros
+        lo = p.at(lo_v, stage) if QB - 1 - bits_done >= 13 else None
         for _ in range(min(2, QB - bits_done)):
             i = QB - 1 - bits_done                 # dividend bit index (N = ma << 13)
             nb = lo[i - 13] if i >= 13 else Const(0, 1)
             r2 = Cat(nb, rem)[:12]
             ge = r2 >= d
             rem = Mux(ge, r2 - d, r2)[:11]
-            q = Cat(ge, q)[:QB]
+            q = ge if q is None else Cat(ge, q)    # grows to QB bits: nothing is shifted out
             bits_done += 1
         rem_v = p.reg(rem, stage, "drem")
         q_v = p.reg(q, stage, "dq")
-        lo_v = Val(lo, stage)
+        # carry on only the lo bits later stages still read: lo[0 .. next i - 13]
+        lo_left = QB - 1 - bits_done - 12
+        if lo is not None and lo_left > 0:
+            lo_v = Val(lo[:lo_left], stage)
         stage += 1
     q, rem = p.at(q_v, stage), p.at(rem_v, stage)
     top = q[26]
@@ -352,14 +381,15 @@ def kivi_quant_pipe(m: Module, en, x16, mn16, div16, name: str = "kq"):
     ``code = clamp(RNE(y), 0, 15)`` (used with ``div = scale``; the caller applies ``min(., L)``
     and the ``scale > 0`` rule). Inputs at stage 0, both outputs at ``latency``."""
     p = Pipe(m, en, name)
-    xv, mnv, dv = p.input(x16), p.input(mn16), p.input(div16)
+    # the divisor is > 0 (see the callers): its sign bit is not carried into the divider
+    xv, mnv, dv = p.input(x16), p.input(mn16), p.input(div16[:15])
     xf = p.comb(lambda s: _h2f(m, s, f"{name}_hx"), xv)
     mf = p.comb(lambda s: _h2f(m, s, f"{name}_hm"), mnv)
     xr, mr = p.reg(xf.sig, 0, "x32"), p.reg(mf.sig, 0, "m32")
     a = fsub(p, xr, mr)
     y = _div_f32_by_f16(p, a, dv)
     sc = f2h(p, y)
-    code = f2i(p, y, 6, 0, 15)
+    code = f2i(p, y, 5, 0, 15)   # signed(5) holds 0..15
     lat = max(sc.stage, code.stage)
     return p, p.at(sc, lat), p.at(code, lat), lat
 
@@ -377,6 +407,11 @@ QUANT_LATENCY = _quant_latency()
 def _f16_key(h):
     """Unsigned key whose order is the IEEE order of finite binary16 values (-0 below +0)."""
     return Mux(h[15], ~h, h | 0x8000)[:16]
+
+
+def _f16_pos_zero(h):
+    """``h`` with ``-0`` (``0x8000``) replaced by ``+0``; every other binary16 unchanged."""
+    return Mux(h[:15] == 0, 0, h)[:16]
 
 
 def _f16_lt(a, b):
@@ -589,7 +624,7 @@ class KVAppendUnit(wiring.Component):
         qz_run = Signal()             # pass active (feeding elements)
         qz_x = Signal(16)
         qz_mn = Signal(16)
-        qz_div = Signal(16)
+        qz_div = Signal(15)           # divisor magnitude (L, or a scale > 0: see ``live``)
         qz_valid_in = Signal()
         qz_kind = Signal()            # 0 = scale, 1 = code
         qp, q_scale, q_code, qlat = kivi_quant_pipe(m, Const(1), qz_x, qz_mn, qz_div, name="kq")
@@ -604,12 +639,11 @@ class KVAppendUnit(wiring.Component):
         mn = Signal(16)
         mx = Signal(16)
         first = Signal()
-        keys_mode = Signal()
         scale = Signal(16)
         oi = Signal(range(self.max_group + 2))       # output element index (codes)
         word = Signal(32)
-        rec_codes = Signal(20)                        # bytes of codes of the record
-        m.d.comb += rec_codes.eq(ngroups * nw * 4)
+        rec_codes = Signal(19)                        # 2-byte lanes of codes of the record
+        m.d.comb += rec_codes.eq(ngroups * nw * 2)
         x_rd = gr.data
         m.d.comb += gr.addr.eq(grp * g + pi)
 
@@ -760,14 +794,11 @@ class KVAppendUnit(wiring.Component):
                 m.d.sync += [pi.eq(pi + 1), gr_v.eq(pi < g)]
                 with m.If(gr_v):
                     x = x_rd
-                    lt_min = _f16_lt(x, mn)
-                    lt_max = _f16_lt(mx, x)
-                    eq_min = ~_f16_lt(mn, x)
-                    eq_max = ~_f16_lt(x, mx)
-                    with m.If(first | Mux(keys_mode, eq_min, lt_min)):
-                        m.d.sync += mn.eq(x)
-                    with m.If(first | Mux(keys_mode, eq_max, lt_max)):
-                        m.d.sync += mx.eq(x)
+                    xz = _f16_pos_zero(x)             # a zero min / max is +0 (golden rule)
+                    with m.If(first | _f16_lt(x, mn)):
+                        m.d.sync += mn.eq(xz)
+                    with m.If(first | _f16_lt(mx, x)):
+                        m.d.sync += mx.eq(xz)
                     m.d.sync += first.eq(0)
                 with m.If(pi == g + 1):
                     m.next = prefix + "_sc"
@@ -795,28 +826,28 @@ class KVAppendUnit(wiring.Component):
                 m.d.comb += nword.eq(word | (cq << bitpos))
                 widx = Signal(range(self.max_group + 1))
                 m.d.comb += widx.eq(Mux(bits4, oi >> 3, oi >> 4))
-                boff = Signal(20)
-                m.d.comb += boff.eq(sh + ((grp * nw + widx) << 2))
+                hoff = Signal(4 + len(w_addr))   # stg offset in 2-byte lanes (byte offset / 2)
+                m.d.comb += hoff.eq(sh[1:] + ((grp * nw + widx) << 1))
                 with m.If(out_valid & out_kind):
                     m.d.sync += [oi.eq(oi + 1), word.eq(nword)]
                     last_in_word = Mux(bits4, oi[:3] == 7, oi[:4] == 15)
                     with m.If(last_in_word | (oi + 1 == g)):
                         m.d.sync += word.eq(0)
-                        m.d.comb += [w_addr.eq(boff[5:]), w_data.eq(Cat(*([nword] * 8))),
-                                     w_en.eq(Const(3, 16) << boff[1:5])]
+                        m.d.comb += [w_addr.eq(hoff[4:]), w_data.eq(Cat(*([nword] * 8))),
+                                     w_en.eq(Const(3, 16) << hoff[:4])]
                     with m.If(oi + 1 == g):
                         m.next = prefix + "_smn"
             with m.State(prefix + "_smn"):        # scale at codes + 2*grp
-                boff = Signal(20)
-                m.d.comb += boff.eq(sh + rec_codes + (grp << 1))
-                m.d.comb += [w_addr.eq(boff[5:]), w_data.eq(Cat(*([scale] * 16))),
-                             w_en.eq(Const(1, 16) << boff[1:5])]
+                hoff = Signal(4 + len(w_addr))
+                m.d.comb += hoff.eq(sh[1:] + rec_codes + grp)
+                m.d.comb += [w_addr.eq(hoff[4:]), w_data.eq(Cat(*([scale] * 16))),
+                             w_en.eq(Const(1, 16) << hoff[:4])]
                 m.next = prefix + "_smn2"
             with m.State(prefix + "_smn2"):       # mn at codes + 2*ngroups + 2*grp
-                boff = Signal(20)
-                m.d.comb += boff.eq(sh + rec_codes + (ngroups << 1) + (grp << 1))
-                m.d.comb += [w_addr.eq(boff[5:]), w_data.eq(Cat(*([mn] * 16))),
-                             w_en.eq(Const(1, 16) << boff[1:5])]
+                hoff = Signal(4 + len(w_addr))
+                m.d.comb += hoff.eq(sh[1:] + rec_codes + ngroups + grp)
+                m.d.comb += [w_addr.eq(hoff[4:]), w_data.eq(Cat(*([mn] * 16))),
+                             w_en.eq(Const(1, 16) << hoff[:4])]
                 m.d.sync += grp.eq(grp + 1)
                 m.next = prefix + "_g"
 
@@ -954,7 +985,7 @@ class KVAppendUnit(wiring.Component):
                    lambda: sync([jgrp.eq(alu.q - 1), tmp_r.eq(alu.r)]))
             with m.State("KQ_C"):
                 with m.If(tmp_r == 0):
-                    m.d.sync += [gi.eq(0), keys_mode.eq(1)]
+                    m.d.sync += gi.eq(0)
                     m.next = "KG_M"
                 with m.Else():
                     m.next = "VQ"
@@ -987,7 +1018,7 @@ class KVAppendUnit(wiring.Component):
             # -- value of row n = rows - R - 1 (token vtok)
             with m.State("VQ"):
                 with m.If(rows > R):
-                    m.d.sync += [nrow.eq(rows - R - 1), keys_mode.eq(0), nonfinite.eq(0),
+                    m.d.sync += [nrow.eq(rows - R - 1), nonfinite.eq(0),
                                  vtok.eq(Mux(R == 0, token, tr.data))]
                     m.next = "VQ_R"
                 with m.Else():

@@ -59,7 +59,8 @@ class MaskStoreUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         ctx, ctl = self.ctx, self.ctl
-        m.submodules.eng = eng = HbmBeatEngine(ctx, channel_bytes=self.cb, global_dma_addr=self.global_dma_addr)
+        m.submodules.eng = eng = HbmBeatEngine(ctx, channel_bytes=self.cb, global_dma_addr=self.global_dma_addr,
+                                               reads=False)
         for q in range(ctx.ports):
             wiring.connect(m, wiring.flipped(self.wr[q]), eng.wr[q])
         m.d.comb += [eng.abort.eq(ctl.abort), ctl.progress.eq(eng.progress)]

@@ -184,7 +184,6 @@ class _WordReader(wiring.Component):
             "hd": In(9), "passes": In(2),
             "sp": Out(ScratchReadSignature(ctx)),
             "o": Out(stream.Signature(_ENTRY)),
-            "busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -239,8 +238,7 @@ class _WordReader(wiring.Component):
         m.d.comb += [entry.data.eq(self.sp.data), entry.lane.eq(desc.lane),
                      entry.count.eq(desc.count), entry.last.eq(desc.last), entry.pass_.eq(desc.pass_),
                      q.w_data.eq(entry.as_value()), q.w_en.eq(inflight),
-                     self.o.valid.eq(q.r_rdy), self.o.payload.eq(q.r_data), q.r_en.eq(self.o.ready),
-                     self.busy.eq(active | inflight | q.r_rdy)]
+                     self.o.valid.eq(q.r_rdy), self.o.payload.eq(q.r_data), q.r_en.eq(self.o.ready)]
         return m
 
 

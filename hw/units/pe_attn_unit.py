@@ -55,7 +55,9 @@ written stay written (the ISS writes nothing); the run stops anyway.
 
 Numeric contract: ``scale`` finite (the compiler's ``1/sqrt(head_dim)``); PV results above
 binary32's subnormal range (true whenever some p of the row is >= 2**-100, e.g. any softmax
-output): the reconstruction handles normal numbers and zeros only.
+output): the reconstruction handles normal numbers and zeros only; a result outside that
+range (subnormal, or beyond binary32's largest finite value) ends the instruction with ``SHAPE``,
+in the place of a non-finite element (the ISS has no such error: such inputs are outside the unit).
 
 Timing (cycles, not counting DMA latency): QK ``2 * head_dim/32`` per token once the stream
 runs (the DMA delivers a beat per cycle per port; the datapath takes one beat per cycle);
@@ -270,7 +272,7 @@ class PEAttnUnit(wiring.Component):
         busy = Signal(ports)
         iss_valid = Signal()
         iss_port = Signal(range(max(ports, 2)))
-        iss_addr = Signal(W64)
+        iss_addr = Signal(ctx.dma.addr_width)       # the DMA command's address field
         iss_beats = Signal(9)
         iss_fire = Signal()
         rx_port = Signal(range(max(ports, 2)))
@@ -405,6 +407,8 @@ class PEAttnUnit(wiring.Component):
         r_exp = Signal(signed(EB))
         r_v = Signal()
         m.d.comb += [recon.acc.eq(r_acc), recon.exp.eq(r_exp), recon.i_valid.eq(r_v), recon.scale.eq(_FP16_ONE)]
+        with m.If(recon.range_error):   # a subnormal / overflowing result: outside the contract
+            m.d.sync += nonfin.eq(1)
         pp = Pipe(m, Const(1, 1), "qs")
         prod = fmul(pp, pp.input(recon.o), pp.input(scale))
         mv = recon.o_valid & qk
@@ -469,8 +473,10 @@ class PEAttnUnit(wiring.Component):
                      | ((ins.kv_fmt != isa.KvFormat.FP16) & (ins.resid_tokens != dw["residual"]))
                      | (ins.tokens > dw["max_pos"]))
         hd = dw["head_dim"]
+        # at the default max_tokens every value of the 17-bit field is within the limit
+        tokens_over = (ins.tokens > self.max_tokens) if self.max_tokens < (1 << len(ins.tokens)) - 1 else 0
         hw_bad = ((ins.kv_fmt != isa.KvFormat.FP16) | (hd == 0) | (hd[:5] != 0) | (hd > self.max_head_dim)
-                  | (ins.tokens > self.max_tokens) | (dw["kv_nports"] == 0) | (dw["kv_nports"] > 32)
+                  | tokens_over | (dw["kv_nports"] == 0) | (dw["kv_nports"] > 32)
                   | ((ins.tokens > 1) & (dw["route_bytes"] != ROUTE_BYTES)))
 
         # ---- control ------------------------------------------------------------------------------

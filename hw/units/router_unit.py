@@ -7,12 +7,9 @@ Semantics (bit for bit the golden ISS ``_op_router``)::
     score  = qk_bfp(x, w[None])[0] + bias            (one binary32 RNE add)
     bitmask[2*layer + block] = score < threshold     (IEEE compare: NaN -> 0)
 
-``qk_bfp`` (golden :mod:`ternopu.golden.pe`): both vectors go through the BFP converter
-(:class:`ternopu.hw.bfp.BFPConverter`, 32-element blocks, 14-bit mantissas), each block gives an
-exact integer ``I_b = sum m_x m_w`` with exponent ``e_b = ex_b + ew_b``; the blocks are aligned to
-``e_ref = max_b e_b - ALIGN_GUARD_BITS`` with RNE right shifts and summed exactly, and the sum is
-rounded once to binary32. The alignment needs the maximum over *all* blocks, so the unit keeps the
-block partials in a small memory (``max_dim / 32`` entries) and aligns them in a second pass.
+``qk_bfp`` (golden :mod:`ternopu.golden.pe`) is the shared :class:`~ternopu.hw.units.row_dot.BfpRowDot`
+(BFP conversion of both vectors, exact block products, alignment to the largest block exponent in
+a second pass over a partial memory of ``max_dim / 32`` entries, one binary32 rounding).
 
 Memory access
 -------------
@@ -28,40 +25,33 @@ channel), ``SHAPE`` (``dim % 32 != 0``, ``dim > max_dim``, a NaN/Inf element in 
 ``AXI_RESP`` (SLVERR/DECERR). Nothing is written to the bitmask on an error.
 
 Timing: per 32-element block about 3 cycles (2 scratch reads / 2 DMA beats, overlapped), then
-``dim/32 + 2`` cycles of alignment, :data:`RECON_CYCLES` for the reconstruction and the add.
+``dim/32`` cycles of alignment and :data:`RECON_CYCLES` for the reconstruction and the add.
 Not pipelined across instructions (a router runs once per block per token: negligible time).
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ternopu.golden.bfp import DEFAULT_BFP, BFPFormat
 from ternopu.golden.errors import ConfigError
-from ternopu.golden.pe import ALIGN_GUARD_BITS, aligned_acc_bits
 
 from .. import isa
-from ..bfp import BFP_EXP_BITS, BFPConverter, rne_shift_signed
 from ..dma import dma_error_code
 from ..fpu import FADD_STAGES, Pipe, f32_lt, fadd, is_nonfinite
-from ..pe_array import ScaledToFloat32
+from .row_dot import TAIL_CYCLES, BfpRowDot
 from ..scratchpad import ScratchReadSignature
 from ..unit_port import DmaReadClientSignature, MaskWriteSignature, UnitPortSignature
 
 __all__ = ["RouterUnit", "ROUTER_OPCODE", "RECON_CYCLES"]
 
 ROUTER_OPCODE = isa.OPCODE_BY_NAME["ROUTER"].number
-#: Cycles from the aligned sum to the decision: reconstruction + binary32 add + compare register.
-RECON_CYCLES = ScaledToFloat32.LATENCY + FADD_STAGES + 1
-_FP16_ONE = 0x3C00   # ScaledToFloat32 with scale 1.0 is the plain acc * 2**e reconstruction
-
-
-def _fp16_nonfinite(word: int | object, n: int):
-    """1 if any of the ``n`` FP16 elements packed in ``word`` has an all-ones exponent field."""
-    return Cat(*[word[16 * j + 10:16 * j + 15] == 0x1F for j in range(n)]).any()
+#: Cycles from the dot product's result to the decision: binary32 add + compare register.
+ADD_CYCLES = FADD_STAGES + 1
+#: Cycles from the last block to the decision (besides one alignment cycle per block).
+RECON_CYCLES = TAIL_CYCLES + ADD_CYCLES
 
 
 class RouterUnit(wiring.Component):
@@ -96,8 +86,6 @@ class RouterUnit(wiring.Component):
             raise ConfigError(f"RouterUnit: needs 256-bit DMA words, got {ctx.dma.data_width}")
         self.ctx, self.max_dim, self.fmt = ctx, max_dim, fmt
         self.max_blocks = max_dim // fmt.block
-        self.qm_bits = (fmt.block * fmt.mant_max ** 2).bit_length() + 1
-        self.acc_bits = aligned_acc_bits(fmt.block * fmt.mant_max ** 2, self.max_blocks)
         super().__init__({
             "ctl": In(UnitPortSignature()),
             "rd": Out(DmaReadClientSignature(ctx.dma)).array(ctx.ports),
@@ -116,6 +104,7 @@ class RouterUnit(wiring.Component):
         block = Signal()
         threshold = Signal(32)
         nb = Signal(range(self.max_blocks + 1))        # blocks
+        b = Signal(range(self.max_blocks + 1))         # blocks sent to the dot product
         port = Signal(range(max(ctx.ports, 2)))
         x_word = Signal(range(ctx.sp_words + 2))
         code = Signal(isa.ErrorCode)
@@ -151,56 +140,14 @@ class RouterUnit(wiring.Component):
         for q in range(ctx.ports):
             m.d.comb += [self.rd[q].cmd.payload.addr.eq(cmd_addr), self.rd[q].cmd.payload.beats.eq(cmd_beats)]
 
-        # ---- block datapath: two converters, block dot product, partial memory --------------
-        m.submodules.cx = cx = BFPConverter(fmt)
-        m.submodules.cw = cw = BFPConverter(fmt)
+        # ---- block datapath: the shared BFP row dot product ----------------------------------
+        m.submodules.dot = dot = BfpRowDot(self.max_blocks, fmt)
         xreg = Signal(512)
         wreg = Signal(512)
-        fire = Signal()
-        m.d.comb += [cx.i.payload.eq(xreg), cw.i.payload.eq(wreg), cx.i.valid.eq(fire),
-                     cw.i.valid.eq(fire), cx.o.ready.eq(1), cw.o.ready.eq(1)]
-        prod = [cx.o.payload.mant[j] * cw.o.payload.mant[j] for j in range(fmt.block)]
-        while len(prod) > 1:
-            prod = [prod[i] + prod[i + 1] for i in range(0, len(prod) - 1, 2)] + (
-                [prod[-1]] if len(prod) % 2 else [])
-        p_val = Signal()
-        p_sum = Signal(signed(self.qm_bits))
-        p_exp = Signal(signed(BFP_EXP_BITS + 1))
-        m.d.sync += [p_val.eq(cx.o.valid), p_sum.eq(prod[0]),
-                     p_exp.eq(cx.o.payload.exp + cw.o.payload.exp)]
-        m.submodules.parts = parts = Memory(shape=unsigned(self.qm_bits + BFP_EXP_BITS + 1),
-                                            depth=self.max_blocks, init=[])
-        pw = parts.write_port()
-        pr = parts.read_port()
-        n_written = Signal(range(self.max_blocks + 1))
-        e_max = Signal(signed(BFP_EXP_BITS + 1))
-        m.d.comb += [pw.en.eq(p_val), pw.addr.eq(n_written), pw.data.eq(Cat(p_sum, p_exp))]
-        with m.If(p_val):
-            m.d.sync += [n_written.eq(n_written + 1),
-                         e_max.eq(Mux((n_written == 0) | (p_exp > e_max), p_exp, e_max))]
+        m.d.comb += [dot.i.payload.x.eq(xreg), dot.i.payload.w.eq(wreg), dot.i.payload.last.eq(b + 1 == nb)]
 
-        # ---- second pass: alignment and sum ----------------------------------------------------
-        e_ref = Signal(signed(BFP_EXP_BITS + 2))
-        m.d.comb += e_ref.eq(e_max - ALIGN_GUARD_BITS)
-        rd_i = Signal(range(self.max_blocks + 1))
-        rd_v = Signal()
-        acc = Signal(signed(self.acc_bits))
-        part_I = pr.data[:self.qm_bits].as_signed()
-        part_e = pr.data[self.qm_bits:].as_signed()
-        shifted = rne_shift_signed(m, part_I, e_ref - part_e, ALIGN_GUARD_BITS, self.qm_bits + 1, "al")
-        m.d.comb += pr.addr.eq(rd_i)
-        with m.If(rd_v):
-            m.d.sync += acc.eq(acc + shifted)
-
-        # ---- reconstruction, bias add, compare ------------------------------------------------
-        m.submodules.recon = recon = ScaledToFloat32(self.acc_bits)
-        rec_go = Signal()
-        m.d.comb += [recon.acc.eq(acc), recon.scale.eq(_FP16_ONE), recon.exp.eq(e_ref),
-                     recon.i_valid.eq(rec_go)]
         score = Signal(32)
         bias = Signal(32)
-        with m.If(recon.o_valid):
-            m.d.sync += score.eq(recon.o)
         p = Pipe(m, Const(1, 1), "radd")
         total = fadd(p, p.input(score), p.input(bias))
         ssum = Signal(32)
@@ -211,12 +158,10 @@ class RouterUnit(wiring.Component):
         m.d.sync += skip.eq(f32_lt(ssum, threshold) & ~is_nan & ~t_nan)
 
         # ---- control ------------------------------------------------------------------------
-        b = Signal(range(self.max_blocks + 1))
         xi = Signal(2)          # x reads accepted in this block
         xc = Signal(2)          # x words received
         wc = Signal(2)          # weight beats received
-        nonfin = Signal()
-        wait = Signal(4)
+        wait = Signal(range(ADD_CYCLES + 2))
         m.d.comb += [self.mask.addr.eq(Cat(block, layer)), self.mask.bit.eq(skip)]
         with m.FSM():
             with m.State("IDLE"):
@@ -226,8 +171,8 @@ class RouterUnit(wiring.Component):
                                  nb.eq(dim >> 5), port.eq(chan), code.eq(isa.ErrorCode.NONE),
                                  x_word.eq(r.src_buf * ctx.buf_words + (r.src_off >> 5)),
                                  cmd_addr.eq(r.w_addr), cmd_beats.eq(words + 1),   # global address
-                                 b.eq(0), xi.eq(0), xc.eq(0), wc.eq(0), nonfin.eq(0),
-                                 n_written.eq(0), acc.eq(0)]
+                                 b.eq(0), xi.eq(0), xc.eq(0), wc.eq(0)]
+                    m.d.comb += dot.clear.eq(1)
                     with m.If(ctl.cmd.payload.instr.header.opcode != ROUTER_OPCODE):
                         m.d.sync += code.eq(isa.ErrorCode.ILLEGAL_OPCODE)
                         m.next = "DONE"
@@ -272,11 +217,12 @@ class RouterUnit(wiring.Component):
                     m.d.sync += code.eq(Mux(done_code == 0, isa.ErrorCode.HBM_RANGE, dma_error_code(done_code)))
                     m.next = "DONE"
                 with m.Elif((xc == 2) & (wc == 2)):
-                    m.d.comb += [fire.eq(1), ctl.progress.eq(1)]
-                    m.d.sync += [xi.eq(0), xc.eq(0), wc.eq(0), b.eq(b + 1),
-                                 nonfin.eq(nonfin | _fp16_nonfinite(xreg, 32) | _fp16_nonfinite(wreg, 32))]
-                    with m.If(b + 1 == nb):
-                        m.next = "BIAS"
+                    m.d.comb += dot.i.valid.eq(1)
+                    with m.If(dot.i.ready):
+                        m.d.comb += ctl.progress.eq(1)
+                        m.d.sync += [xi.eq(0), xc.eq(0), wc.eq(0), b.eq(b + 1)]
+                        with m.If(b + 1 == nb):
+                            m.next = "BIAS"
             with m.State("BIAS"):
                 m.d.comb += d_ready.eq(1)
                 with m.If(done_valid):
@@ -289,32 +235,24 @@ class RouterUnit(wiring.Component):
             with m.State("DMA_DONE"):
                 with m.If(done_valid):
                     m.d.comb += ctl.progress.eq(1)
-                    m.d.sync += [code.eq(dma_error_code(done_code)), rd_i.eq(0)]
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                # the last block's partial leaves the converters BFPConverter.LATENCY + 1 cycles
-                # after it fired
-                with m.If(n_written == nb):
+                    m.d.sync += code.eq(dma_error_code(done_code))
+                    m.next = "DOT"
+            with m.State("DOT"):
+                m.d.comb += dot.o.ready.eq(1)
+                with m.If(dot.o.valid):
+                    m.d.comb += ctl.progress.eq(1)
+                    m.d.sync += [score.eq(dot.o.payload.value), wait.eq(0)]
                     with m.If(code != isa.ErrorCode.NONE):
                         m.next = "DONE"
-                    with m.Elif(nonfin):
+                    with m.Elif(dot.o.payload.nonfinite):
                         m.d.sync += code.eq(isa.ErrorCode.SHAPE)
                         m.next = "DONE"
                     with m.Else():
-                        m.d.sync += rd_i.eq(0)
-                        m.next = "ALIGN"
-            with m.State("ALIGN"):
-                m.d.comb += ctl.progress.eq(1)
-                m.d.sync += [rd_i.eq(rd_i + 1), rd_v.eq(rd_i < nb)]
-                with m.If(rd_i == nb + 1):
-                    m.d.sync += rd_v.eq(0)
-                    m.d.comb += rec_go.eq(1)
-                    m.d.sync += wait.eq(0)
-                    m.next = "RECON"
-            with m.State("RECON"):
+                        m.next = "ADD"
+            with m.State("ADD"):
                 m.d.comb += ctl.progress.eq(1)
                 m.d.sync += wait.eq(wait + 1)
-                with m.If(wait == RECON_CYCLES + 1):
+                with m.If(wait == ADD_CYCLES):
                     m.next = "DONE"
             with m.State("ABORT"):
                 # the DMA command cannot be cancelled: swallow its data until its completion

@@ -11,7 +11,8 @@ ST      STORE: :class:`~ternopu.hw.overlay.StoreUnit`; KV_APPEND:
         :class:`~ternopu.hw.units.kv_append.KVAppendUnit`; MASK_STORE:
         :class:`~ternopu.hw.units.mask_store.MaskStoreUnit`
 TLMM    :class:`~ternopu.hw.units.tlmm_unit.TLMMUnit`
-PE      PE_LINEAR: :class:`~ternopu.hw.units.pe_linear_unit.PELinearUnit`; PE_ATTN:
+PE      PE_LINEAR with FP16 weights (the LM head): :class:`~ternopu.hw.units.lm_head_unit.LMHeadUnit`;
+        PE_LINEAR INT4: :class:`~ternopu.hw.units.pe_linear_unit.PELinearUnit`; PE_ATTN:
         :class:`~ternopu.hw.units.pe_attn_unit.PEAttnUnit`; ROUTER:
         :class:`~ternopu.hw.units.router_unit.RouterUnit`
 NPE     :class:`~ternopu.hw.units.npe_unit.NPEUnit`
@@ -34,9 +35,10 @@ def default_units(tlmm: TLMMConfig | None = None, pe: PEConfig | None = None) ->
     """``{Unit: factory(ctx)}`` of the integrated overlay for the given engine geometries."""
     from ternopu.hw.overlay import LoadUnit, StoreUnit
     from ternopu.hw.pe_array import DEFAULT_CONFIG as PE_DEFAULT
-    from ternopu.hw.unit_mux import UnitMux
+    from ternopu.hw.unit_mux import UnitMux, When
 
     from .kv_append import KVAppendUnit
+    from .lm_head_unit import LMHeadUnit, is_fp16_linear
     from .mask_store import MaskStoreUnit
     from .npe_unit import NPEUnit
     from .pe_attn_unit import PEAttnUnit
@@ -56,6 +58,7 @@ def default_units(tlmm: TLMMConfig | None = None, pe: PEConfig | None = None) ->
 
     def pe_slot(ctx):
         return UnitMux(ctx, {
+            When("PE_LINEAR", is_fp16_linear): LMHeadUnit,
             "PE_LINEAR": lambda c: PELinearUnit(c, pe),
             "PE_ATTN": PEAttnUnit,
             "ROUTER": RouterUnit,

@@ -293,13 +293,11 @@ class TLMMUnit(wiring.Component):
         rows = Signal(ww)
         hbm_bad = Signal()
 
-        nk = Signal((131071 + L - 1).bit_length())
-        m.d.comb += nk.eq(n + (L - 1))
         lo = Signal((_PORT_SPACE * cb).bit_length())
         m.d.comb += lo.eq(port0 * cb)
         m.d.sync += [
             groups.eq(div_const((k + (GROUP - 1))[:17], GROUP)),
-            row_tiles.eq(div_const(nk, L)),
+            row_tiles.eq(div_const(n + (L - 1), L)),   # ceil(n / L)
             shape_bad.eq((k == 0) | (k > cfg.max_k) | (n == 0) | (n > cfg.max_n)),
             chan_bad.eq((w_addr < lo) | (w_addr >= lo + cb)),
             lanes_bad.eq((port0 >= P) | ((port0 + nports > P) if P < _PORT_SPACE else 0)),
@@ -489,6 +487,9 @@ class TLMMUnit(wiring.Component):
         out_done = Signal()
         tail_n = Signal(3)
         m.d.comb += tail_n.eq(n[:3])
+        # bit t: slot t lies at or past the tail of the last word (t >= tail_n)
+        tail_slots = Signal(OUT_PER_WORD)
+        m.d.comb += tail_slots.eq(Const((1 << OUT_PER_WORD) - 1, OUT_PER_WORD) << tail_n)
         step = Signal()
         m.d.comb += [step.eq(run & e.out.valid & wf.w_rdy & ~out_done),
                      e.out.ready.eq(wf.w_rdy & (sub == S - 1) & run & ~out_done)]
@@ -507,7 +508,7 @@ class TLMMUnit(wiring.Component):
                 v = Mux(posn == (t // E) * E, vals[t % E], v)
             else:
                 v = vals[t]
-            keep_old = last_word & (tail_n != 0) & (t >= tail_n)
+            keep_old = last_word & (tail_n != 0) & tail_slots[t]
             merged.append(Mux(keep_old, tail_old[F32_BITS * t:F32_BITS * (t + 1)], v))
         with m.If(step):
             m.d.comb += ctl.progress.eq(1)

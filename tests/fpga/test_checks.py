@@ -7,7 +7,16 @@ import pytest
 
 from ternopu.fpga_builds import lint, synth_estimate
 from ternopu.fpga_builds.aliases import LINT_OFF, mark_alias_wires
-from ternopu.fpga_builds.units import DEFAULT_DESIGN, UNITS, make_overlay, overlay_slots, verilog_for
+from ternopu.fpga_builds import bitstream
+from ternopu.fpga_builds.units import (
+    DEFAULT_DESIGN,
+    UNITS,
+    engine_configs,
+    make_overlay,
+    overlay_slots,
+    verilog_for,
+)
+from ternopu.golden.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", sorted(UNITS))
@@ -26,10 +35,41 @@ def test_every_registered_unit_constructs():
     assert {"overlay", "pe_mid", "pe_default", "dequant", "dma_port", "npe_softmax"} <= set(UNITS.full_names())
 
 
+def _slot_cfgs(top):
+    from ternopu.hw.isa import Unit
+
+    pe = next(u for u in top.slots[Unit.PE].units if type(u).__name__ == "PELinearUnit")
+    return top.slots[Unit.TLMM].cfg, pe.cfg
+
+
 def test_overlay_is_built_by_one_function_at_the_u280_default():
+    from ternopu.hw import pe_array, tlmm
+
     top = make_overlay()
     assert top.config.hbm_ports == 32
-    assert set(overlay_slots(top)) == {"LD", "ST", "TLMM", "PE", "NPE"}
+    slots = overlay_slots(top)
+    assert set(slots) == {"LD", "ST", "TLMM", "PE", "NPE"}
+    # the integrated units, not the Overlay's timing stubs
+    assert "StubUnit" not in str(slots) and slots["TLMM"] == "TLMMUnit" and slots["NPE"] == "NPEUnit"
+    assert "PELinearUnit" in slots["PE"] and "KVAppendUnit" in slots["ST"]
+    assert _slot_cfgs(top) == (tlmm.DEFAULT_CONFIG, pe_array.DEFAULT_CONFIG)
+    # the bitstream flow builds the same top
+    assert bitstream.DEFAULT_TOP == "ternopu.fpga_builds.units:make_overlay"
+
+
+def test_ci_overlay_has_the_small_engines_of_the_verilator_runs():
+    top = UNITS["overlay_ci"].factory()
+    assert top.config.hbm_ports == 2 and _slot_cfgs(top) == engine_configs("ci")
+    demo = pytest.importorskip("ternopu.sw.demo")
+    if not hasattr(demo, "OVERLAY_ENGINES"):
+        pytest.skip("ternopu.sw.demo has no OVERLAY_ENGINES")
+    assert engine_configs("ci") == tuple(demo.OVERLAY_ENGINES)
+
+
+@pytest.mark.parametrize("engines", ["small", None, ("a", "b")])
+def test_make_overlay_rejects_unknown_engines(engines):
+    with pytest.raises(ConfigError, match="engines"):
+        make_overlay(engines=engines)
 
 
 def test_alias_marking_treats_constant_drivers_as_aliases():

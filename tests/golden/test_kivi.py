@@ -45,6 +45,7 @@ def _reference_quantize_group(x: np.ndarray, bits: int):
     """Independent numpy binary32 re-implementation of one group (spec in the module docstring)."""
     levels = np.float32(2**bits - 1)
     mn, mx = x.min(), x.max()  # float16 exact
+    mn, mx = (np.float16(0.0) if v == 0 else v for v in (mn, mx))  # a zero min / max is +0
     scale = np.float16((np.float32(mx) - np.float32(mn)) / levels)
     if np.float32(scale) == 0:
         return np.zeros(x.shape, dtype=np.int64), scale, mn
@@ -239,6 +240,85 @@ def test_measured_error_gaussian_with_outlier_channels(bits):
     # the reason KIVI quantizes keys per channel: per-token key groups do worse on outlier channels
     err_k_per_token = _rel_err(kivi_dequantize(kivi_quantize_values(k, bits, 32)), k)
     assert err_k < 0.8 * err_k_per_token
+
+
+# Groups of 4 whose min and/or max is a zero of either sign (the bits torch's amin / amax return
+# for them depend on the tensor shape: keys at C = 48 vs C = 128 differed before the +0 rule).
+_SIGNED_ZERO_GROUPS = [
+    [0.0, -0.0, 0.0, -0.0],  # mixed zeros
+    [-0.0, 0.0, -0.0, 0.0],
+    [-0.0, -0.0, 0.0, 0.0],
+    [0.0, 0.0, -0.0, -0.0],
+    [-0.0, -0.0, -0.0, -0.0],  # all -0
+    [0.0, 0.0, 0.0, 0.0],
+    [-0.0, 1.0, 2.0, 3.0],  # -0 beside positives: min is a zero
+    [1.0, 0.0, -0.0, 2.5],
+    [-0.0, -1.0, -2.0, -3.0],  # -0 beside negatives: max is a zero
+    [-1.5, 0.0, -0.0, -4.0],
+    [-0.0, 7.0, 0.0, -0.0],
+    [-2.0, -0.0, 0.0, 3.0],  # zeros strictly inside the range
+    [1.0, 1.0, 1.0, 1.0],  # no zeros (controls)
+    [-3.0, 0.5, 2.0, -1.0],
+]
+
+
+def _f16_bits(x: torch.Tensor) -> np.ndarray:
+    return x.contiguous().view(torch.int16).numpy().astype(np.uint16)
+
+
+def _signed_zero_layout(group: int, order: list[int], t_or_c: int, axis: str):
+    """Place pattern ``order[j]`` in group slot ``j`` of a keys ``[k*group, t_or_c]`` or values
+    ``[t_or_c, k*group]`` tensor (``k`` group rows / columns); other slots are a constant 0.25."""
+    groups = torch.tensor(_SIGNED_ZERO_GROUPS, dtype=torch.float16)
+    if axis == "keys":
+        rows = -(-len(order) // t_or_c)
+        x = torch.full((rows * group, t_or_c), 0.25, dtype=torch.float16)
+        for j, pi in enumerate(order):
+            x[(j // t_or_c) * group : (j // t_or_c + 1) * group, j % t_or_c] = groups[pi]
+        return x, [((j // t_or_c), j % t_or_c) for j in range(len(order))]
+    cols = -(-len(order) // t_or_c)
+    x = torch.full((t_or_c, cols * group), 0.25, dtype=torch.float16)
+    for j, pi in enumerate(order):
+        x[j % t_or_c, (j // t_or_c) * group : (j // t_or_c + 1) * group] = groups[pi]
+    return x, [(j % t_or_c, j // t_or_c) for j in range(len(order))]
+
+
+@pytest.mark.parametrize("bits", KIVI_BITS)
+@pytest.mark.parametrize("axis", ["keys", "values"])
+def test_signed_zero_min_max_are_positive_zero(axis, bits):
+    """A zero ``mn`` / ``mx`` is +0 (module docstring, step 1): stored ``mn`` and ``scale`` bits are
+    the same in every tensor shape and layout, never -0, and match the numpy reference."""
+    group, n = 4, len(_SIGNED_ZERO_GROUPS)
+    quant = kivi_quantize_keys if axis == "keys" else kivi_quantize_values
+    layouts = [
+        (list(range(n)), 128),  # keys [4, 128] / values [128, 4]: the wide vectorized reductions
+        (list(reversed(range(n))), 48),  # keys [4, 48] / values [48, 4]
+        (list(range(n)) * 3, 5),  # keys [36, 5] / values [5, 36]: several groups per channel / token
+    ]
+    seen = []
+    for order, width in layouts:
+        x, where = _signed_zero_layout(group, order, width, axis)
+        qt = quant(x, bits, group)
+        mn_bits, sc_bits = _f16_bits(qt.mn), _f16_bits(qt.scale)
+        got = {}
+        for (r, c), pi in zip(where, order):
+            if axis == "keys":
+                codes = qt.codes[r * group : (r + 1) * group, c]
+            else:
+                codes = qt.codes[r, c * group : (c + 1) * group]
+            got.setdefault(pi, (int(mn_bits[r, c]), int(sc_bits[r, c]), codes.tolist()))
+            assert got[pi] == (int(mn_bits[r, c]), int(sc_bits[r, c]), codes.tolist())
+        assert not (mn_bits == 0x8000).any(), "a stored min is -0"
+        assert not (sc_bits & 0x8000).any(), "a stored scale has its sign bit set"
+        seen.append(got)
+    for pi, g in enumerate(_SIGNED_ZERO_GROUPS):
+        q, s, m = _reference_quantize_group(np.array(g, dtype=np.float16), bits)
+        bits16 = [int(np.array(v, dtype=np.float16).view(np.uint16)) for v in (m, s)]
+        want = (bits16[0], bits16[1], q.tolist())
+        for got in seen:
+            assert got[pi] == want, f"group {g}: (mn bits, scale bits, codes) {got[pi]} != {want}"
+        if min(g) == 0:
+            assert want[0] == 0x0000
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from amaranth.sim import Simulator
 
+from ternopu.golden.kivi import kivi_quantize_keys, kivi_quantize_values
 from ternopu.hw import isa
 from ternopu.hw.dma import DmaParams
 from ternopu.hw.isa import ErrorCode, KvFormat
@@ -428,21 +430,47 @@ def test_kv_append_kivi(bits, group, residual, head_dim, heads, max_pos, seed):
     assert_mem_equal(mem_rtl, mem_iss)
 
 
-def test_kv_append_kivi_signed_zeros():
-    """Groups whose minimum (or maximum) is a zero of either sign: which zero the stored ``mn``
-    is follows the golden's reductions (the last equal element for keys, the first for values)."""
-    rng = np.random.default_rng(11)
-    # torch's choice among equal zeros depends on the tensor shape (vectorized reductions): the
-    # unit follows what it returns at the real head_dim 128 (see the report / module docstring)
-    kv = make_layout(2, kv_heads=1, head_dim=128, group=4, residual=0, max_pos=5)
+# Groups of 4 whose min and/or max is a zero of either sign (mixed zeros, all -0, -0 beside
+# positives / negatives); the stored mn is +0 and the scale never -0 (golden rule, kivi docstring).
+SIGNED_ZERO_GROUPS = np.array([
+    [0.0, -0.0, 0.0, -0.0], [-0.0, 0.0, -0.0, 0.0], [-0.0, -0.0, 0.0, 0.0], [0.0, 0.0, -0.0, -0.0],
+    [-0.0, -0.0, -0.0, -0.0], [0.0, 0.0, 0.0, 0.0], [-0.0, 1.0, 2.0, 3.0], [1.0, 0.0, -0.0, 2.5],
+    [-0.0, -1.0, -2.0, -3.0], [-1.5, 0.0, -0.0, -4.0], [-0.0, 7.0, 0.0, -0.0], [-2.0, -0.0, 0.0, 3.0],
+], dtype=np.float16)
+
+
+@pytest.mark.parametrize("bits,head_dim,residual,seed", [
+    pytest.param(2, 128, 0, 11, id="kivi2-d128-r0"),
+    pytest.param(4, 48, 1, 12, id="kivi4-d48-r1"),
+])
+def test_kv_append_kivi_signed_zeros(bits, head_dim, residual, seed):
+    """Groups whose minimum (or maximum) is a zero of either sign, keys (channel c of the first
+    key group holds pattern ``c % 12`` over its 4 tokens) and values (group j of token t holds
+    pattern ``(j + t) % 12``), at two head_dims (the golden's torch reductions picked different
+    zeros for these shapes before the +0 rule): bit-exact with the ISS, and every stored key /
+    value ``mn`` / ``scale`` of the golden is free of -0."""
+    rng = np.random.default_rng(seed)
+    group, max_pos = 4, 4 + residual + 1
+    kv = make_layout(bits, kv_heads=1, head_dim=head_dim, group=group, residual=residual, max_pos=max_pos)
     route = route_bits(rng, kv.max_pos, kv.layers, 0.0)
-    pool = np.array([0.0, -0.0, 0.0, -0.0, 1.0, 2.0, -1.0], dtype=np.float16)
-    rows_of = lambda t, layer, head: (rng.choice(pool[:6], 128), rng.choice(pool, 128))  # noqa: E731
-    steps = kv_program(kv, [(t, 0, 0) for t in range(5)], rows_of)
-    got, want, mem_rtl, mem_iss, _ = run_kv(kv, steps, route, 11,
+    npat = len(SIGNED_ZERO_GROUPS)
+
+    def rows_of(t, layer, head):
+        k = SIGNED_ZERO_GROUPS[np.arange(head_dim) % npat, t % group]
+        v = SIGNED_ZERO_GROUPS[(np.arange(head_dim // group) + t) % npat].reshape(-1)
+        return k.copy(), v.copy()
+
+    steps = kv_program(kv, [(t, 0, 0) for t in range(max_pos)], rows_of)
+    got, want, mem_rtl, mem_iss, _ = run_kv(kv, steps, route, seed,
                                            unit_kw=dict(max_head_dim=128, max_group=4, max_residual=4))
-    assert got == want == [ErrorCode.NONE] * 5
+    assert got == want == [ErrorCode.NONE] * max_pos
     assert_mem_equal(mem_rtl, mem_iss)
+    # the golden side of the rule on exactly these groups
+    keys = torch.from_numpy(np.stack([rows_of(t, 0, 0)[0] for t in range(group)]))
+    vals = torch.from_numpy(np.stack([rows_of(t, 0, 0)[1] for t in range(max_pos)]))
+    for qt in (kivi_quantize_keys(keys, bits, group), kivi_quantize_values(vals, bits, group)):
+        for p in (qt.mn, qt.scale):
+            assert not (p.view(torch.int16) == -0x8000).any()
 
 
 def test_kv_append_kivi_nonfinite():

@@ -191,7 +191,8 @@ def run_unit(dut, ctx, instrs, iss, *, seed=0, mask=False, gnt_deny=0.3, gap_p=0
             ctx_.set(ctl.cmd.valid, 0)
             cycles = 0
             while True:
-                if abort_at is not None and cycles == abort_at:
+                at = abort_at.get(n) if isinstance(abort_at, dict) else abort_at   # per instruction
+                if at is not None and cycles == at:
                     ctx_.set(ctl.abort, 1)
                 _, _, v, code = await ctx_.tick().sample(ctl.done.valid, ctl.done.payload)
                 cycles += 1

@@ -20,14 +20,12 @@ from ternopu.golden.config import BITNET_TINY, LLAMA_TINY
 from ternopu.golden.reference import random_bitnet_weights, random_llama_weights, random_router_weights
 from ternopu.hw import isa
 from ternopu.hw.overlay_config import OverlayConfig
-from ternopu.hw.pe_array import PEConfig
-from ternopu.hw.tlmm import TLMMConfig
+from ternopu.sw.demo import OVERLAY_ENGINES
 
 pytestmark = pytest.mark.sim
 
-#: Small engines: TLMM 3 tables x 8 lanes (3 words per beat), PE array 8 x 4 DSPs with group 32.
-TLMM = TLMMConfig(tables=3, lanes=8, beat_bits=768, max_k=512, max_n=256, out_lanes=8)
-PE = PEConfig(rows=8, cols=4, group=32, out_lanes=1, drain_banks=4, max_k=512, max_n=256)
+#: Small engines (the demo's): TLMM 3 tables x 8 lanes (3 words per beat), PE array 8 x 4 DSPs, group 32.
+TLMM, PE = OVERLAY_ENGINES
 TOKENS = [3, 17, 42]
 #: Tokens run per family: the INT4 Llama layers take ~87k cycles per token on the small PE_LINEAR
 #: (K-major GPTQ layout, see hw/units/pe_linear_unit.py), ~3 minutes each in the unoptimised build.
