@@ -168,6 +168,14 @@ def make_overlay(config=None, engines="default"):
     return Overlay(config if config is not None else OverlayConfig(), units=default_units(tlmm, pe))
 
 
+def make_overlay_small_engines(config=None):
+    """:func:`make_overlay` with the small (``"ci"``) engines: every slot, port and unit of the
+    integrated overlay at ``config``'s port count, small enough to convert to Verilog in minutes
+    (the flow checks in CI use it as ``--top ternopu.fpga_builds.units:make_overlay_small_engines``;
+    the default engines take far longer to convert and are left to ``make fpga-sources``)."""
+    return make_overlay(config, engines="ci")
+
+
 def overlay_slots(top) -> dict[str, str]:
     """``{slot: class name}`` of an overlay's engine slots (for reports).
 

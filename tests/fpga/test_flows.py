@@ -436,10 +436,13 @@ def test_unit_registry_default_set_and_named_units():
 
 
 @pytest.mark.slow
-def test_real_overlay_generates_when_present(tmp_path):
+def test_integrated_overlay_generates_for_every_port(tmp_path):
+    """The flow on the integrated overlay (all real units) at the U280's 32 ports, small engines:
+    converting the default engines (TLMM 19 x 128, PE 16 x 128) takes far longer than a test
+    should; ``make fpga-sources`` does that."""
     overlay = pytest.importorskip("ternopu.hw.overlay")
-    top = bitstream.load_top(bitstream.DEFAULT_TOP, U280_DEFAULT)
-    assert isinstance(top, overlay.Overlay)
+    top = bitstream.load_top("ternopu.fpga_builds.units:make_overlay_small_engines", U280_DEFAULT)
+    assert isinstance(top, overlay.Overlay) and top.config.hbm_ports == 32
     manifest = bitstream.generate(U280_DEFAULT, top, tmp_path)
     assert len(sp_lines((tmp_path / "connectivity.cfg").read_text())) == U280_DEFAULT.hbm_ports
     assert manifest["kernel"] == K.KERNEL_NAME
