@@ -122,9 +122,9 @@ def engine_configs(engines="default"):
         if engines == "default":
             return tlmm.DEFAULT_CONFIG, pe_array.DEFAULT_CONFIG
         if engines == "ci":
-            return (tlmm.TLMMConfig(tables=3, lanes=8, beat_bits=768, max_k=512, max_n=256, out_lanes=8),
-                    pe_array.PEConfig(rows=8, cols=4, group=32, out_lanes=1, drain_banks=4, max_k=512,
-                                      max_n=256))
+            from ternopu.hw.units import SMALL_ENGINES
+
+            return SMALL_ENGINES
         raise ConfigError(f"make_overlay: unknown engines {engines!r}; expected one of {list(ENGINES)} "
                           f"or a (TLMMConfig, PEConfig) pair")
     if (isinstance(engines, tuple) and len(engines) == 2 and isinstance(engines[0], tlmm.TLMMConfig)

@@ -47,8 +47,7 @@ from ternopu.golden.reference import (
     random_router_weights,
 )
 from ternopu.hw.overlay_config import OverlayConfig
-from ternopu.hw.pe_array import PEConfig
-from ternopu.hw.tlmm import TLMMConfig
+from ternopu.hw.units import SMALL_ENGINES
 
 # ---- part 1: the overlay ---------------------------------------------------------------------------
 #: The overlay demo's model: 2 layers, hidden 64, GQA, routers on, FP16 KV (the shapes of the
@@ -65,10 +64,9 @@ def overlay_model(family: str = "bitnet", kv_bits: int = 16):
 
 
 OVERLAY_MODEL = overlay_model()
-#: Engines of the demo / test overlay: TLMM 3 tables x 8 lanes (3 words per beat), PE array 8 x 4
-#: DSPs with INT4 group 32 (small, so the Verilator build takes minutes, not hours).
-OVERLAY_ENGINES = (TLMMConfig(tables=3, lanes=8, beat_bits=768, max_k=512, max_n=256, out_lanes=8),
-                   PEConfig(rows=8, cols=4, group=32, out_lanes=1, drain_banks=4, max_k=512, max_n=256))
+#: Engines of the demo / test overlay (:data:`ternopu.hw.units.SMALL_ENGINES`: TLMM 3 tables x 8
+#: lanes, PE array 8 x 4 DSPs with INT4 group 32; small, so the Verilator build takes minutes).
+OVERLAY_ENGINES = SMALL_ENGINES
 #: HBM ports of the demo overlay.
 OVERLAY_PORTS = 2
 OVERLAY_PROMPT = [1, 5, 7]

@@ -4,4 +4,4 @@ Each unit follows the unit-slot contract of :mod:`ternopu.hw.overlay` / :mod:`te
 :class:`ternopu.hw.unit_mux.UnitMux` combines the units of one queue into its slot.
 """
 
-from .slots import default_units  # noqa: E402,F401  (imports the units lazily)
+from .slots import SMALL_ENGINES, default_units  # noqa: E402,F401  (imports the units lazily)

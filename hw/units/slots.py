@@ -28,7 +28,14 @@ from ternopu.hw.isa import Unit
 from ternopu.hw.pe_array import PEConfig
 from ternopu.hw.tlmm import TLMMConfig
 
-__all__ = ["default_units"]
+__all__ = ["default_units", "SMALL_ENGINES"]
+
+#: Small engine geometries ``(TLMMConfig, PEConfig)`` for Verilator runs of the whole overlay
+#: (``make demo``, the layer and end-to-end tests) and the CI-set FPGA checks: TLMM 3 tables x 8
+#: lanes (768-bit beat, 3 words per cycle), PE array 8 x 4 DSPs with INT4 group 32, both up to
+#: ``max_k = 512``, ``max_n = 256``. The U280 geometries are the engines' ``DEFAULT_CONFIG``.
+SMALL_ENGINES = (TLMMConfig(tables=3, lanes=8, beat_bits=768, max_k=512, max_n=256, out_lanes=8),
+                 PEConfig(rows=8, cols=4, group=32, out_lanes=1, drain_banks=4, max_k=512, max_n=256))
 
 
 def default_units(tlmm: TLMMConfig | None = None, pe: PEConfig | None = None) -> dict:
