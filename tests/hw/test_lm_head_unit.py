@@ -19,22 +19,8 @@ from ternopu.hw.isa import ErrorCode, WeightFormat
 from ternopu.hw.units.lm_head_unit import LMHeadUnit, is_fp16_linear
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_pe_linear_unit import _stream_bytes, make_ctx, make_iss, run_unit  # noqa: E402
-
-PORTS, CB, BUFW = 4, 1 << 16, 256
-
-
-def _stripe(hbm, addr, raw, nports):
-    p0, base = divmod(addr, CB)
-    beats = -(-raw.size // 32)
-    pad = np.zeros(beats * 32, np.uint8)
-    pad[:raw.size] = raw
-    for i in range(beats):
-        ch = (p0 + i % nports) % PORTS
-        if base + (i // nports) * 32 + 32 > CB:     # the HBM_RANGE case: what fits
-            continue
-        hbm.append((ch * CB + base + (i // nports) * 32, pad[32 * i:32 * i + 32]))
-
+from test_pe_linear_unit import (  # noqa: E402  (same ports / channel size / buffer words)
+    BUFW, CB, PORTS, _check, _stream_bytes, _stripe, make_ctx, make_iss, run_unit)
 
 def _head(rng, n, k, *, nports=PORTS, w=0x200, src=(2, 0), dst=(3, 0), x=None, weights=None, port=None,
           dst_fill=None):
@@ -56,15 +42,6 @@ def _run(cases, seed=0, max_k=512, **kw):
     iss = make_iss(PORTS, CB)
     return run_unit(LMHeadUnit(ctx, max_k=max_k), ctx, [c[:2] for c in cases], iss, seed=seed,
                     out_regions=[c[2] for c in cases], **kw)
-
-
-def _check(results):
-    for i, r in enumerate(results):
-        assert r["code"] == r["iss_code"], (i, r["code"], r["iss_code"])
-        if r["code"] == ErrorCode.NONE:
-            got, exp = r["out"].view(np.uint32), r["iss_out"].view(np.uint32)
-            bad = np.nonzero(got != exp)[0]
-            assert bad.size == 0, (i, bad[:8], got[bad[:8]], exp[bad[:8]])
 
 
 def test_lm_head_random_shapes_and_stripes():
