@@ -72,8 +72,8 @@ OVERLAY_PORTS = 2
 OVERLAY_PROMPT = [1, 5, 7]
 #: Tokens generated on the overlay by the end-to-end test (tests/sim/test_e2e_overlay.py).
 OVERLAY_TOKENS = 16
-#: Tokens generated on the overlay by ``make demo`` (each costs ~14k simulated cycles, ~40 s of
-#: the unoptimised Verilator build on a 2-core machine; ``--tokens`` changes it).
+#: Tokens generated on the overlay by ``make demo`` (each costs ~15k simulated cycles, ~15 s with
+#: :data:`ternopu.sw.backends.verilator.DECODE_BUILD` on a 2-core machine; ``--tokens`` changes it).
 DEMO_TOKENS = 8
 
 #: Tokens decoded per run.
@@ -144,7 +144,7 @@ def run_overlay(console: Console, tokens: int = DEMO_TOKENS) -> bool:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ternopu.hw.units import default_units
-    from ternopu.sw.backends.verilator import FAST_BUILD, VerilatorDevice
+    from ternopu.sw.backends.verilator import DECODE_BUILD, VerilatorDevice
     from ternopu.sw.cli import print_report, run_report
     from ternopu.sw.device import Session
 
@@ -156,7 +156,7 @@ def run_overlay(console: Console, tokens: int = DEMO_TOKENS) -> bool:
     golden = GoldenModel.from_config_and_weights(cfg, weights, linear_path="matmul")
     ref_tokens = golden.generate(OVERLAY_PROMPT, tokens)
     ref_logits = golden.step_logits[len(OVERLAY_PROMPT) - 1:]
-    device = VerilatorDevice(units=default_units(*OVERLAY_ENGINES), build_args=FAST_BUILD, max_cycles=5_000_000)
+    device = VerilatorDevice(units=default_units(*OVERLAY_ENGINES), build_args=DECODE_BUILD, max_cycles=5_000_000)
     with device:
         t0 = time.perf_counter()
         with console.status("building / starting the Verilated overlay (cached in sim_build/; the first "
@@ -177,7 +177,7 @@ def run_overlay(console: Console, tokens: int = DEMO_TOKENS) -> bool:
     cycles = sum(p["cycles"] or 0 for p in report["programs"])
     wall = sum(p["wall_seconds"] for p in report["programs"])
     console.print(f"simulation: {cycles:,} cycles of the whole run in {wall:.0f} s of host time "
-                  f"({cycles / wall:,.0f} simulated cycles/s, unoptimised Verilator build)")
+                  f"({cycles / wall:,.0f} simulated cycles/s)")
     console.print(f"overlay tokens: {result.tokens}")
     console.print(f"golden  tokens: {ref_tokens}")
     if same_tokens and same_logits:

@@ -47,7 +47,7 @@ def _model(family: str, kv_bits: int):
 def test_greedy_decode_on_overlay_matches_golden(family, kv_bits):
     from ternopu.hw.units import default_units
     from ternopu.sw.backends.golden_iss import GoldenISS
-    from ternopu.sw.backends.verilator import FAST_BUILD, VerilatorDevice
+    from ternopu.sw.backends.verilator import DECODE_BUILD, VerilatorDevice
     from ternopu.sw.compiler import build_image
     from ternopu.sw.device import Session
 
@@ -59,7 +59,7 @@ def test_greedy_decode_on_overlay_matches_golden(family, kv_bits):
 
     iss = Session(GoldenISS(), image).generate(OVERLAY_PROMPT, OVERLAY_TOKENS)
     assert iss.tokens == ref_tokens
-    rtl_dev = VerilatorDevice(units=default_units(TLMM, PE), build_args=FAST_BUILD, max_cycles=5_000_000)
+    rtl_dev = VerilatorDevice(units=default_units(TLMM, PE), build_args=DECODE_BUILD, max_cycles=5_000_000)
     try:
         session = Session(rtl_dev, image)
         res = session.generate(OVERLAY_PROMPT, OVERLAY_TOKENS)

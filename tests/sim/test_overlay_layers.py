@@ -79,7 +79,7 @@ def _kv_spans(plan):
 def test_layers_bit_exact_on_integrated_overlay(family, kv_bits, routers):
     from ternopu.hw.units import default_units
     from ternopu.sw.backends.golden_iss import GoldenISS
-    from ternopu.sw.backends.verilator import FAST_BUILD, VerilatorDevice
+    from ternopu.sw.backends.verilator import DECODE_BUILD, VerilatorDevice
     from ternopu.sw.compiler import build_image
 
     cfg = small_cfg(family, kv_bits, routers)
@@ -87,7 +87,7 @@ def test_layers_bit_exact_on_integrated_overlay(family, kv_bits, routers):
     plan = image.plan
     iss = GoldenISS()
     iss.load(image)
-    rtl = VerilatorDevice(units=default_units(TLMM, PE), build_args=FAST_BUILD, max_cycles=2_000_000)
+    rtl = VerilatorDevice(units=default_units(TLMM, PE), build_args=DECODE_BUILD, max_cycles=2_000_000)
     try:
         rtl.load(image)
         prog_addr = plan.addr("io:program")
