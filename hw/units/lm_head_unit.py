@@ -157,7 +157,6 @@ class LMHeadUnit(wiring.Component):
         flush = Signal()
         d_valid = Signal()
         d_data = Signal(256)
-        issued = Signal(6)
         n_done = Signal(range(P + 1))
         first_err = Signal(isa.ErrorCode)
         dones = []
@@ -265,7 +264,7 @@ class LMHeadUnit(wiring.Component):
                                  src.eq(i.src_buf * ctx.buf_words + (i.src_off >> 5)),
                                  dst.eq(i.dst_buf * ctx.buf_words + (i.dst_off >> 5)),
                                  code.eq(0), flush.eq(0), first_err.eq(0), xbad.eq(0), wbad.eq(0),
-                                 running.eq(0), wc.eq(0), xb.eq(0), lane.eq(0), issued.eq(0),
+                                 running.eq(0), wc.eq(0), xb.eq(0), lane.eq(0),
                                  n_out.eq(0), slot.eq(0), xi.eq(0), xc.eq(0), tailw.eq(0)]
                     with m.If((ctl.cmd.payload.instr.header.opcode != PE_LINEAR_OPCODE)
                               | ~is_fp16_linear(ctl.cmd.payload)):

@@ -60,10 +60,10 @@ def test_overlay_is_built_by_one_function_at_the_u280_default():
 def test_ci_overlay_has_the_small_engines_of_the_verilator_runs():
     top = UNITS["overlay_ci"].factory()
     assert top.config.hbm_ports == 2 and _slot_cfgs(top) == engine_configs("ci")
-    demo = pytest.importorskip("ternopu.sw.demo")
-    if not hasattr(demo, "OVERLAY_ENGINES"):
-        pytest.skip("ternopu.sw.demo has no OVERLAY_ENGINES")
-    assert engine_configs("ci") == tuple(demo.OVERLAY_ENGINES)
+    from ternopu.hw.units import SMALL_ENGINES
+    from ternopu.sw import demo
+
+    assert engine_configs("ci") == SMALL_ENGINES == demo.OVERLAY_ENGINES
 
 
 @pytest.mark.parametrize("engines", ["small", None, ("a", "b")])
